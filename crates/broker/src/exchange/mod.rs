@@ -1,0 +1,203 @@
+//! Exchanges: where publishes are routed to queues and other exchanges.
+//!
+//! The truth about bindings lives in the vhost's definitions (see [`crate::vhost`]); each
+//! exchange keeps a routing index derived from it behind a read-mostly lock, so publishers on
+//! many connections route in parallel and only bind/unbind take the write side.
+
+pub mod direct;
+pub mod fanout;
+pub mod headers;
+pub mod topic;
+pub mod topic_trie;
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ferrymq_wire::{FieldTable, ShortStr};
+use parking_lot::RwLock;
+
+use crate::error::{BrokerError, Result};
+use crate::queue::QueueHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeType {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeType {
+    /// Parses a declared type; RabbitMQ closes the connection (503) for an unknown one.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "direct" => Ok(ExchangeType::Direct),
+            "fanout" => Ok(ExchangeType::Fanout),
+            "topic" => Ok(ExchangeType::Topic),
+            "headers" => Ok(ExchangeType::Headers),
+            other => Err(BrokerError::command_invalid(format!(
+                "unknown exchange type '{other}'"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+            ExchangeType::Headers => "headers",
+        }
+    }
+}
+
+/// The properties an exchange is declared with; compared for equivalence on redeclare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeConfig {
+    pub kind: ExchangeType,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// Where a binding leads. Identity is the object, not the name: a queue deleted and
+/// redeclared under the same name is a different destination (its bindings went with it).
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Queue(Arc<QueueHandle>),
+    Exchange(Arc<Exchange>),
+}
+
+impl Destination {
+    fn address(&self) -> usize {
+        match self {
+            Destination::Queue(q) => Arc::as_ptr(q) as usize,
+            Destination::Exchange(x) => Arc::as_ptr(x) as usize,
+        }
+    }
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        self.address() == other.address()
+    }
+}
+impl Eq for Destination {}
+impl Hash for Destination {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.address().hash(state);
+    }
+}
+
+/// The per-type routing index of one exchange.
+#[derive(Debug)]
+pub enum Routes {
+    Direct(direct::DirectRoutes),
+    Fanout(fanout::FanoutRoutes),
+    Topic(topic::TopicRoutes),
+    Headers(headers::HeadersRoutes),
+}
+
+impl Routes {
+    fn new(kind: ExchangeType) -> Self {
+        match kind {
+            ExchangeType::Direct => Routes::Direct(Default::default()),
+            ExchangeType::Fanout => Routes::Fanout(Default::default()),
+            ExchangeType::Topic => Routes::Topic(Default::default()),
+            ExchangeType::Headers => Routes::Headers(Default::default()),
+        }
+    }
+
+    /// Adds one binding. The vhost has already checked that it is new.
+    pub fn bind(
+        &mut self,
+        destination: Destination,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+    ) {
+        match self {
+            Routes::Direct(r) => r.bind(destination, routing_key),
+            Routes::Fanout(r) => r.bind(destination),
+            Routes::Topic(r) => r.bind(destination, routing_key),
+            Routes::Headers(r) => r.bind(destination, arguments),
+        }
+    }
+
+    pub fn unbind(
+        &mut self,
+        destination: &Destination,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+    ) {
+        match self {
+            Routes::Direct(r) => r.unbind(destination, routing_key),
+            Routes::Fanout(r) => r.unbind(destination),
+            Routes::Topic(r) => r.unbind(destination, routing_key),
+            Routes::Headers(r) => r.unbind(destination, arguments),
+        }
+    }
+
+    /// Calls `out` for each destination matching; may repeat a destination.
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut impl FnMut(&Destination),
+    ) {
+        match self {
+            Routes::Direct(r) => r.route(routing_key, out),
+            Routes::Fanout(r) => r.route(out),
+            Routes::Topic(r) => r.route(routing_key, out),
+            Routes::Headers(r) => r.route(headers, out),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub name: ShortStr,
+    pub config: ExchangeConfig,
+    /// The `alternate-exchange` argument: where messages go that this exchange cannot route.
+    pub alternate: Option<ShortStr>,
+    routes: RwLock<Routes>,
+    deleted: AtomicBool,
+}
+
+impl Exchange {
+    pub fn new(name: ShortStr, config: ExchangeConfig) -> Self {
+        let alternate = config
+            .arguments
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+            .map(ShortStr::from);
+        Exchange {
+            name,
+            routes: RwLock::new(Routes::new(config.kind)),
+            config,
+            alternate,
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    pub fn kind(&self) -> ExchangeType {
+        self.config.kind
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn routes(&self) -> &RwLock<Routes> {
+        &self.routes
+    }
+}

@@ -1,0 +1,26 @@
+//! ferrymq's broker core: vhosts, exchanges, queues, bindings and consumers, independent of
+//! any wire protocol. The AMQP layer (and later the HTTP API) drive it through the same
+//! calls; it answers with [`BrokerError`]s already shaped as AMQP reply codes.
+//!
+//! # Layout
+//! - [`broker`]: the root object: vhosts and users.
+//! - [`vhost`]: one namespace: declare/delete, bindings, routing of a publish to queues.
+//! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
+//! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
+//! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
+//! - [`message`]: an immutable published message shared by every queue it reaches.
+//! - [`auth`]: users and RabbitMQ-compatible password hashes.
+//! - [`error`]: [`BrokerError`], a reply code and RabbitMQ's wording.
+
+pub mod auth;
+pub mod broker;
+pub mod client;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use error::{BrokerError, Result};
+pub use message::Message;

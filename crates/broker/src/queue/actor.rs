@@ -1,0 +1,337 @@
+//! The queue task: the single owner of a queue's messages, unacked deliveries and consumers.
+//!
+//! It drains its mailbox in batches (up to [`MAILBOX_BATCH_COMMANDS_MAX`] commands), applies
+//! them, then dispatches once, so a burst of publishes costs one dispatch pass rather than
+//! one per message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+
+use super::backlog::{Backlog, Entry};
+use super::command::{ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
+use super::consumer::Consumer;
+use super::QueueHandle;
+use crate::client::{ClientEvent, ClientId, Delivery};
+use crate::error::{BrokerError, Result};
+use crate::vhost::VHost;
+
+/// Commands taken from the mailbox per wake-up before dispatching.
+const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;
+
+/// A delivery that is out with a client and not yet settled.
+#[derive(Debug)]
+struct Unacked {
+    entry: Entry,
+    client: ClientId,
+    channel: u16,
+    /// `None` for basic.get deliveries.
+    consumer: Option<u64>,
+}
+
+struct QueueState {
+    handle: Arc<QueueHandle>,
+    vhost: Weak<VHost>,
+    backlog: Backlog,
+    unacked: HashMap<u64, Unacked>,
+    consumers: Vec<Consumer>,
+    /// Round-robin position in `consumers`.
+    cursor: usize,
+    next_msg_id: u64,
+    next_consumer_key: u64,
+    /// Auto-delete queues go away when their last consumer leaves, but only once they
+    /// have had one (RabbitMQ semantics).
+    had_consumers: bool,
+    deleted: bool,
+}
+
+pub(super) async fn run(
+    handle: Arc<QueueHandle>,
+    vhost: Weak<VHost>,
+    mut rx: mpsc::Receiver<QueueCmd>,
+) {
+    let mut state = QueueState {
+        handle,
+        vhost,
+        backlog: Backlog::default(),
+        unacked: HashMap::new(),
+        consumers: Vec::new(),
+        cursor: 0,
+        next_msg_id: 0,
+        next_consumer_key: 0,
+        had_consumers: false,
+        deleted: false,
+    };
+    let mut batch = Vec::with_capacity(MAILBOX_BATCH_COMMANDS_MAX);
+    while !state.deleted {
+        if rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX).await == 0 {
+            break;
+        }
+        for cmd in batch.drain(..) {
+            if state.deleted {
+                cmd.settle_undeliverable();
+            } else {
+                state.handle_cmd(cmd);
+            }
+        }
+        if !state.deleted {
+            state.dispatch();
+        }
+    }
+    // Whatever is still queued was sent to a queue that no longer exists.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        cmd.settle_undeliverable();
+    }
+}
+
+impl QueueState {
+    fn handle_cmd(&mut self, cmd: QueueCmd) {
+        match cmd {
+            QueueCmd::Publish { message, confirm } => {
+                let id = self.next_msg_id;
+                self.next_msg_id += 1;
+                self.backlog.push(Entry {
+                    id,
+                    message,
+                    redelivered: false,
+                });
+                if let Some(ticket) = confirm {
+                    ticket.settle(true);
+                }
+            }
+            QueueCmd::Consume { consumer, reply } => {
+                let _ = reply.send(self.add_consumer(consumer));
+            }
+            QueueCmd::Cancel {
+                client,
+                channel,
+                consumer_tag,
+                reply,
+            } => {
+                let before = self.consumers.len();
+                self.consumers
+                    .retain(|c| !c.is(client, channel, &consumer_tag));
+                let _ = reply.send(self.consumers.len() != before);
+                self.after_consumers_left();
+            }
+            QueueCmd::Settle {
+                client,
+                channel,
+                msg_ids,
+                action,
+            } => self.settle(client, channel, &msg_ids, action),
+            QueueCmd::ChannelClosed { client, channel } => {
+                self.consumers.retain(|c| !c.is_on(client, channel));
+                self.requeue_held_by(client, channel);
+                self.after_consumers_left();
+            }
+            QueueCmd::Get {
+                client,
+                channel,
+                no_ack,
+                reply,
+            } => {
+                let _ = reply.send(self.get(client, channel, no_ack));
+            }
+            QueueCmd::Purge { reply } => {
+                let _ = reply.send(self.backlog.clear() as u32);
+            }
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                let _ = reply.send(self.delete(if_unused, if_empty));
+            }
+            QueueCmd::Counts { reply } => {
+                let _ = reply.send(self.counts());
+            }
+            QueueCmd::Wake => {}
+        }
+    }
+
+    fn counts(&self) -> QueueCounts {
+        QueueCounts {
+            messages: self.backlog.len() as u32,
+            consumers: self.consumers.len() as u32,
+        }
+    }
+
+    fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<()> {
+        if self.consumers.iter().any(|c| c.spec.exclusive)
+            || (spec.exclusive && !self.consumers.is_empty())
+        {
+            return Err(BrokerError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.handle.name, self.handle.vhost
+            )));
+        }
+        let key = self.next_consumer_key;
+        self.next_consumer_key += 1;
+        self.consumers.push(Consumer {
+            key,
+            spec,
+            unacked: 0,
+        });
+        self.had_consumers = true;
+        Ok(())
+    }
+
+    fn after_consumers_left(&mut self) {
+        if self.cursor >= self.consumers.len() {
+            self.cursor = 0;
+        }
+        if self.handle.config.auto_delete && self.had_consumers && self.consumers.is_empty() {
+            self.terminate();
+        }
+    }
+
+    fn settle(&mut self, client: ClientId, channel: u16, msg_ids: &[u64], action: SettleAction) {
+        for msg_id in msg_ids {
+            let Some(held) = self.unacked.remove(msg_id) else {
+                continue;
+            };
+            if held.client != client || held.channel != channel {
+                // Not this channel's to settle; a protocol layer bug, not a client's.
+                debug_assert!(
+                    false,
+                    "settle from a channel that does not hold the message"
+                );
+                self.unacked.insert(*msg_id, held);
+                continue;
+            }
+            self.release_consumer_credit(held.consumer);
+            if action == SettleAction::Requeue {
+                self.backlog.requeue(held.entry);
+            }
+        }
+    }
+
+    fn release_consumer_credit(&mut self, consumer: Option<u64>) {
+        if let Some(key) = consumer {
+            if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
+                c.unacked -= 1;
+            }
+        }
+    }
+
+    /// Requeues, in their original positions, all messages the channel holds unacked.
+    fn requeue_held_by(&mut self, client: ClientId, channel: u16) {
+        let ids: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, held)| held.client == client && held.channel == channel)
+            .map(|(&id, _)| id)
+            .collect();
+        self.settle(client, channel, &ids, SettleAction::Requeue);
+    }
+
+    fn get(&mut self, client: ClientId, channel: u16, no_ack: bool) -> Option<GetOk> {
+        let entry = self.backlog.pop()?;
+        let ok = GetOk {
+            msg_id: entry.id,
+            redelivered: entry.redelivered,
+            message: Arc::clone(&entry.message),
+            message_count: self.backlog.len() as u32,
+        };
+        if !no_ack {
+            self.unacked.insert(
+                entry.id,
+                Unacked {
+                    entry,
+                    client,
+                    channel,
+                    consumer: None,
+                },
+            );
+        }
+        Some(ok)
+    }
+
+    fn delete(&mut self, if_unused: bool, if_empty: bool) -> Result<u32> {
+        let (name, vhost) = (&self.handle.name, &self.handle.vhost);
+        if if_unused && !self.consumers.is_empty() {
+            return Err(BrokerError::precondition_failed(format!(
+                "queue '{name}' in vhost '{vhost}' in use"
+            )));
+        }
+        if if_empty && !self.backlog.is_empty() {
+            return Err(BrokerError::precondition_failed(format!(
+                "queue '{name}' in vhost '{vhost}' is not empty"
+            )));
+        }
+        let count = self.backlog.len() as u32;
+        self.terminate();
+        Ok(count)
+    }
+
+    /// Removes the queue from its vhost and tells its consumers; the task then ends.
+    fn terminate(&mut self) {
+        self.deleted = true;
+        self.handle.mark_deleted();
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.forget_queue(&self.handle);
+        }
+        for consumer in self.consumers.drain(..) {
+            let ConsumerSpec {
+                client,
+                channel,
+                tag,
+                ..
+            } = consumer.spec;
+            client.send(ClientEvent::ConsumerCancelled {
+                channel,
+                consumer_tag: tag,
+            });
+        }
+        self.backlog.clear();
+        self.unacked.clear();
+    }
+
+    /// Hands ready messages to consumers round-robin while any consumer has credit.
+    fn dispatch(&mut self) {
+        while !self.backlog.is_empty() && !self.consumers.is_empty() {
+            let Some(index) = self.next_consumer_with_credit() else {
+                break;
+            };
+            let Some(entry) = self.backlog.pop() else {
+                break;
+            };
+            let consumer = &mut self.consumers[index];
+            let spec = &consumer.spec;
+            spec.client.deliver(Delivery {
+                channel: spec.channel,
+                consumer_tag: spec.tag.clone(),
+                queue: Arc::clone(&self.handle),
+                msg_id: entry.id,
+                redelivered: entry.redelivered,
+                no_ack: spec.no_ack,
+                message: Arc::clone(&entry.message),
+            });
+            if !spec.no_ack {
+                consumer.unacked += 1;
+                let held = Unacked {
+                    entry,
+                    client: spec.client.id,
+                    channel: spec.channel,
+                    consumer: Some(consumer.key),
+                };
+                self.unacked.insert(held.entry.id, held);
+            }
+        }
+    }
+
+    fn next_consumer_with_credit(&mut self) -> Option<usize> {
+        let count = self.consumers.len();
+        for _ in 0..count {
+            let index = self.cursor % count;
+            self.cursor = (index + 1) % count;
+            if self.consumers[index].try_reserve() {
+                return Some(index);
+            }
+        }
+        None
+    }
+}

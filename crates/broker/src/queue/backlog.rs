@@ -1,0 +1,143 @@
+//! The ready messages of a queue, in delivery order.
+//!
+//! Messages enter at the back with a queue-local id that grows by one per message, so ids
+//! are the queue's FIFO order. A requeued message (nack, reject, channel closed) goes back
+//! to its *original* position, as RabbitMQ's classic queues do: requeued entries wait in a
+//! map ordered by id, and the next message is whichever of the two heads is older.
+//! Storage (paging to disk) will replace the in-memory deque behind this same interface.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::message::Message;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Backlog {
+    fresh: VecDeque<Entry>,
+    requeued: BTreeMap<u64, Entry>,
+    bytes: usize,
+}
+
+impl Backlog {
+    pub fn push(&mut self, entry: Entry) {
+        debug_assert!(
+            self.fresh.back().is_none_or(|last| last.id < entry.id),
+            "ids grow"
+        );
+        self.bytes += entry.message.body_size();
+        self.fresh.push_back(entry);
+    }
+
+    pub fn requeue(&mut self, mut entry: Entry) {
+        entry.redelivered = true;
+        self.bytes += entry.message.body_size();
+        self.requeued.insert(entry.id, entry);
+    }
+
+    pub fn peek(&self) -> Option<&Entry> {
+        match (self.fresh.front(), self.requeued.first_key_value()) {
+            (Some(fresh), Some((&id, requeued))) => {
+                Some(if id < fresh.id { requeued } else { fresh })
+            }
+            (Some(fresh), None) => Some(fresh),
+            (None, Some((_, requeued))) => Some(requeued),
+            (None, None) => None,
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<Entry> {
+        let take_requeued = match (self.fresh.front(), self.requeued.first_key_value()) {
+            (Some(fresh), Some((&id, _))) => id < fresh.id,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let entry = if take_requeued {
+            self.requeued.pop_first().map(|(_, entry)| entry)
+        } else {
+            self.fresh.pop_front()
+        }?;
+        self.bytes -= entry.message.body_size();
+        Some(entry)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fresh.len() + self.requeued.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Removes every ready message and returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let count = self.len();
+        self.fresh.clear();
+        self.requeued.clear();
+        self.bytes = 0;
+        count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferrymq_wire::{Properties, ShortStr};
+
+    fn entry(id: u64) -> Entry {
+        let message = Message::new(
+            ShortStr::from_static(""),
+            ShortStr::from_static("k"),
+            Properties::empty(),
+            Bytes::from(vec![0u8; 3]),
+        );
+        Entry {
+            id,
+            message: Arc::new(message),
+            redelivered: false,
+        }
+    }
+
+    #[test]
+    fn requeued_message_returns_to_its_original_position() {
+        let mut backlog = Backlog::default();
+        for id in 0..5 {
+            backlog.push(entry(id));
+        }
+        let first = backlog.pop().unwrap();
+        let second = backlog.pop().unwrap();
+        backlog.requeue(second);
+        backlog.requeue(first);
+        let order: Vec<(u64, bool)> = std::iter::from_fn(|| backlog.pop())
+            .map(|e| (e.id, e.redelivered))
+            .collect();
+        assert_eq!(
+            order,
+            vec![(0, true), (1, true), (2, false), (3, false), (4, false)]
+        );
+    }
+
+    #[test]
+    fn byte_count_follows_pushes_pops_and_clear() {
+        let mut backlog = Backlog::default();
+        backlog.push(entry(1));
+        backlog.push(entry(2));
+        assert_eq!(backlog.bytes(), 6);
+        backlog.pop();
+        assert_eq!(backlog.bytes(), 3);
+        assert_eq!(backlog.clear(), 1);
+        assert_eq!(backlog.bytes(), 0);
+        assert!(backlog.peek().is_none());
+    }
+}

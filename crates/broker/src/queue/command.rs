@@ -1,0 +1,133 @@
+//! The queue mailbox: every command a queue task accepts.
+
+use std::sync::Arc;
+
+use ferrymq_wire::{FieldTable, ShortStr};
+use tokio::sync::oneshot;
+
+use crate::client::{ChannelCredit, ClientEvent, ClientHandle, ClientId};
+use crate::error::Result;
+use crate::message::Message;
+
+/// Where to report that a published message is safely enqueued (publisher confirms).
+#[derive(Debug, Clone)]
+pub struct ConfirmTicket {
+    pub client: Arc<ClientHandle>,
+    pub channel: u16,
+    pub seq: u64,
+}
+
+impl ConfirmTicket {
+    pub fn settle(self, ack: bool) {
+        let ConfirmTicket {
+            client,
+            channel,
+            seq,
+        } = self;
+        client.send(ClientEvent::Confirm { channel, seq, ack });
+    }
+}
+
+/// What a channel decided about messages it was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleAction {
+    /// Done with: remove them.
+    Ack,
+    /// Put back at their original position, marked redelivered.
+    Requeue,
+    /// Rejected without requeue: removed (dead-lettered once a DLX is configured).
+    Discard,
+}
+
+#[derive(Debug)]
+pub struct ConsumerSpec {
+    pub tag: ShortStr,
+    pub client: Arc<ClientHandle>,
+    pub channel: u16,
+    pub no_ack: bool,
+    /// Per-consumer prefetch (basic.qos global=false at consume time); 0 = unlimited.
+    pub prefetch_count: u32,
+    /// The channel-wide prefetch (basic.qos global=true), shared across queues.
+    pub channel_credit: Arc<ChannelCredit>,
+    pub exclusive: bool,
+    /// Kept for consumer priorities and stream offsets.
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug)]
+pub struct GetOk {
+    pub msg_id: u64,
+    pub redelivered: bool,
+    pub message: Arc<Message>,
+    /// Ready messages left after this one.
+    pub message_count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueCounts {
+    /// Ready messages (not delivered and unacked).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+#[derive(Debug)]
+pub enum QueueCmd {
+    Publish {
+        message: Arc<Message>,
+        confirm: Option<ConfirmTicket>,
+    },
+    Consume {
+        consumer: ConsumerSpec,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Cancel {
+        client: ClientId,
+        channel: u16,
+        consumer_tag: ShortStr,
+        reply: oneshot::Sender<bool>,
+    },
+    Settle {
+        client: ClientId,
+        channel: u16,
+        msg_ids: Vec<u64>,
+        action: SettleAction,
+    },
+    /// The channel closed: drop its consumers and requeue what it held unacked.
+    ChannelClosed {
+        client: ClientId,
+        channel: u16,
+    },
+    Get {
+        client: ClientId,
+        channel: u16,
+        no_ack: bool,
+        reply: oneshot::Sender<Option<GetOk>>,
+    },
+    Purge {
+        reply: oneshot::Sender<u32>,
+    },
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<u32>>,
+    },
+    Counts {
+        reply: oneshot::Sender<QueueCounts>,
+    },
+    /// Credit came back (prefetch or client window): retry parked consumers.
+    Wake,
+}
+
+impl QueueCmd {
+    /// Finishes a command that reached a queue that no longer exists. Confirms are acked
+    /// (the message was routed; RabbitMQ does the same); requests fail by dropping `reply`.
+    pub(crate) fn settle_undeliverable(self) {
+        if let QueueCmd::Publish {
+            confirm: Some(ticket),
+            ..
+        } = self
+        {
+            ticket.settle(true);
+        }
+    }
+}

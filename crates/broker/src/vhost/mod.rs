@@ -1,0 +1,169 @@
+//! A virtual host: a namespace of exchanges, queues and bindings.
+//!
+//! Lock order (never take an earlier one while holding a later one):
+//! `definitions` → `exchanges` / `queues` → an exchange's routes.
+//! `definitions` serializes every change of topology so that multi-step changes (declare
+//! and bind, delete and unbind, auto-delete) are atomic with respect to each other; the
+//! publish path never takes it, only read locks on the maps and on one exchange's routes.
+
+mod bindings;
+mod declare;
+mod equivalence;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use ferrymq_wire::{FieldTable, ShortStr};
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
+
+use crate::error::{BrokerError, Result};
+use crate::exchange::{Destination, Exchange, ExchangeConfig, ExchangeType};
+use crate::queue::QueueHandle;
+
+use bindings::Definitions;
+pub use bindings::DestinationName;
+
+/// Exchanges one publish may traverse through exchange-to-exchange bindings and alternate
+/// exchanges; a bound on the work a topology (even a cyclic one) can cause per message.
+pub const ROUTE_EXCHANGES_VISITED_MAX: usize = 64;
+
+pub struct VHost {
+    name: Arc<str>,
+    exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
+    queues: RwLock<HashMap<ShortStr, Arc<QueueHandle>>>,
+    definitions: Mutex<Definitions>,
+    /// For queue tasks, which need to remove themselves when they are deleted.
+    this: Weak<VHost>,
+}
+
+impl std::fmt::Debug for VHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VHost")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The exchanges every vhost has, as in RabbitMQ.
+const PREDECLARED_EXCHANGES: [(&str, ExchangeType, bool); 7] = [
+    ("", ExchangeType::Direct, false),
+    ("amq.direct", ExchangeType::Direct, false),
+    ("amq.fanout", ExchangeType::Fanout, false),
+    ("amq.topic", ExchangeType::Topic, false),
+    ("amq.headers", ExchangeType::Headers, false),
+    ("amq.match", ExchangeType::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeType::Topic, true),
+];
+
+impl VHost {
+    pub fn new(name: &str) -> Arc<VHost> {
+        let vhost = Arc::new_cyclic(|this| VHost {
+            name: Arc::from(name),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            definitions: Mutex::new(Definitions::default()),
+            this: this.clone(),
+        });
+        {
+            let mut exchanges = vhost.exchanges.write();
+            for (name, kind, internal) in PREDECLARED_EXCHANGES {
+                let config = ExchangeConfig {
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal,
+                    arguments: FieldTable::new(),
+                };
+                let name = ShortStr::from(name);
+                exchanges.insert(name.clone(), Arc::new(Exchange::new(name, config)));
+            }
+        }
+        vhost
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    /// Looks up an exchange by name; `amq.default` is RabbitMQ's alias for the default one.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        let name = if name == "amq.default" { "" } else { name };
+        self.exchanges.read().get(name).cloned()
+    }
+
+    pub fn exchange_or_404(&self, name: &str) -> Result<Arc<Exchange>> {
+        self.exchange(name)
+            .ok_or_else(|| BrokerError::no_exchange(name, &self.name))
+    }
+
+    pub fn queue(&self, name: &str) -> Option<Arc<QueueHandle>> {
+        self.queues.read().get(name).cloned()
+    }
+
+    pub fn queue_or_404(&self, name: &str) -> Result<Arc<QueueHandle>> {
+        self.queue(name)
+            .ok_or_else(|| BrokerError::no_queue(name, &self.name))
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    pub fn exchange_names(&self) -> Vec<ShortStr> {
+        self.exchanges.read().keys().cloned().collect()
+    }
+
+    /// Finds every queue a message published to `exchange` reaches, following
+    /// exchange-to-exchange bindings and alternate exchanges. `keys` holds the routing key
+    /// first, then any CC/BCC keys. Each queue appears once in `out`.
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<QueueHandle>>,
+    ) {
+        let mut pending: SmallVec<[Arc<Exchange>; 4]> = SmallVec::new();
+        let mut visited: SmallVec<[usize; 8]> = SmallVec::new();
+        pending.push(Arc::clone(exchange));
+        while let Some(x) = pending.pop() {
+            let address = Arc::as_ptr(&x) as usize;
+            if visited.contains(&address) || visited.len() >= ROUTE_EXCHANGES_VISITED_MAX {
+                continue;
+            }
+            visited.push(address);
+            let found_before = out.len() + pending.len();
+            if x.is_default() {
+                let queues = self.queues.read();
+                out.extend(keys.iter().filter_map(|key| queues.get(*key).cloned()));
+            } else {
+                let routes = x.routes().read();
+                for key in keys {
+                    routes.route(key, headers, &mut |destination| match destination {
+                        Destination::Queue(q) => out.push(Arc::clone(q)),
+                        Destination::Exchange(next) => pending.push(Arc::clone(next)),
+                    });
+                }
+            }
+            if out.len() + pending.len() == found_before {
+                if let Some(alternate) = x.alternate.as_deref().and_then(|name| self.exchange(name))
+                {
+                    pending.push(alternate);
+                }
+            }
+        }
+        dedup_by_address(out);
+    }
+}
+
+fn dedup_by_address(queues: &mut Vec<Arc<QueueHandle>>) {
+    if queues.len() > 1 {
+        queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    }
+}

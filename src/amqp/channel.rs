@@ -1,0 +1,270 @@
+//! The state of one AMQP channel, owned by its connection's task.
+//!
+//! Pure bookkeeping, no I/O: assembling content frames into a message, the deliveries the
+//! client has not settled yet (by delivery tag), publisher-confirm sequence numbers, and the
+//! transaction buffer. The session (`session/`) drives it and talks to the broker core.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferrymq_broker::client::ChannelCredit;
+use ferrymq_broker::exchange::Exchange;
+use ferrymq_broker::queue::QueueHandle;
+use ferrymq_broker::Message;
+use ferrymq_wire::{BasicPublish, Properties, ShortStr};
+
+use super::error::{code, AmqpError, AmqpResult};
+
+/// A publish whose content frames are still arriving.
+pub struct PendingPublish {
+    pub method: BasicPublish,
+    pub properties: Option<Properties>,
+    pub body_size: u64,
+    /// Body frames so far; a single frame is kept as is (no copy), several are joined.
+    pub parts: Vec<Bytes>,
+    pub received: u64,
+}
+
+impl PendingPublish {
+    pub fn is_complete(&self) -> bool {
+        self.properties.is_some() && self.received == self.body_size
+    }
+
+    /// The whole body: the one frame's buffer, or one copy joining several.
+    pub fn take_body(&mut self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.received as usize);
+                for part in self.parts.drain(..) {
+                    joined.extend_from_slice(&part);
+                }
+                joined.freeze()
+            }
+        }
+    }
+}
+
+/// A delivery the client still has to ack, reject or nack.
+pub struct Unacked {
+    pub delivery_tag: u64,
+    pub queue: Arc<QueueHandle>,
+    pub msg_id: u64,
+    /// From a consumer (holds channel prefetch credit), not from basic.get.
+    pub from_consumer: bool,
+}
+
+/// Publisher confirms: which sequence numbers still wait for their queues.
+#[derive(Default)]
+pub struct Confirms {
+    pub next_seq: u64,
+    /// seq → (queues still to confirm, whether any refused)
+    pending: BTreeMap<u64, (u32, bool)>,
+    /// Settled since the last flush, in any order: (seq, ack)
+    settled: Vec<(u64, bool)>,
+}
+
+impl Confirms {
+    /// Takes the next sequence number for a publish that reached `queues` queues.
+    pub fn register(&mut self, queues: u32) -> u64 {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if queues == 0 {
+            self.settled.push((seq, true));
+        } else {
+            self.pending.insert(seq, (queues, false));
+        }
+        seq
+    }
+
+    /// A queue confirmed (or refused) `seq`.
+    pub fn queue_settled(&mut self, seq: u64, ack: bool) {
+        let Some((remaining, refused)) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        *remaining -= 1;
+        *refused |= !ack;
+        if *remaining == 0 {
+            let refused = *refused;
+            self.pending.remove(&seq);
+            self.settled.push((seq, !refused));
+        }
+    }
+
+    /// Turns what was settled into basic.ack / basic.nack frames: consecutive acks below
+    /// every pending sequence number collapse into one `multiple` ack.
+    /// Returns (delivery_tag, multiple, ack) triples.
+    pub fn drain(&mut self) -> Vec<(u64, bool, bool)> {
+        if self.settled.is_empty() {
+            return Vec::new();
+        }
+        self.settled.sort_unstable();
+        let lowest_pending = self.pending.keys().next().copied().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut run_end: Option<u64> = None;
+        for (seq, ack) in self.settled.drain(..) {
+            if ack && seq < lowest_pending {
+                run_end = Some(seq);
+                continue;
+            }
+            if let Some(end) = run_end.take() {
+                out.push((end, true, true));
+            }
+            out.push((seq, false, ack));
+        }
+        if let Some(end) = run_end {
+            out.push((end, true, true));
+        }
+        out
+    }
+
+    pub fn has_settled(&self) -> bool {
+        !self.settled.is_empty()
+    }
+}
+
+/// What a transaction holds until tx.commit.
+#[derive(Default)]
+pub struct Transaction {
+    pub publishes: Vec<(Arc<Exchange>, BasicPublish, Message)>,
+    pub settles: Vec<(u64, bool, SettleKind)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleKind {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    Open,
+    /// We sent channel.close and wait for close-ok; everything else is ignored.
+    Closing,
+}
+
+pub struct Channel {
+    pub id: u16,
+    pub state: ChannelState,
+    pub publish: Option<PendingPublish>,
+    next_delivery_tag: u64,
+    pub unacked: VecDeque<Unacked>,
+    /// consumer tag → its queue
+    pub consumers: HashMap<ShortStr, Arc<QueueHandle>>,
+    /// basic.qos(global=false): prefetch for consumers started from now on.
+    pub consumer_prefetch: u32,
+    /// basic.qos(global=true): shared by every consumer of the channel.
+    pub credit: Arc<ChannelCredit>,
+    pub confirms: Option<Confirms>,
+    pub tx: Option<Transaction>,
+    /// For the "" queue name shortcut of queue.bind, basic.consume, …
+    pub last_queue: Option<ShortStr>,
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Self {
+        Channel {
+            id,
+            state: ChannelState::Open,
+            publish: None,
+            next_delivery_tag: 0,
+            unacked: VecDeque::new(),
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            credit: Arc::new(ChannelCredit::default()),
+            confirms: None,
+            tx: None,
+            last_queue: None,
+        }
+    }
+
+    /// Delivery tags start at 1 and strictly increase per channel.
+    pub fn next_delivery_tag(&mut self) -> u64 {
+        self.next_delivery_tag += 1;
+        self.next_delivery_tag
+    }
+
+    /// Removes the deliveries an ack/nack/reject names: `multiple` takes every tag up to
+    /// and including `tag` (0 = all). An unknown tag is a 406, as in RabbitMQ.
+    pub fn take_unacked(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        method: (u16, u16),
+    ) -> AmqpResult<Vec<Unacked>> {
+        if multiple {
+            let end = if tag == 0 {
+                self.unacked.len()
+            } else {
+                self.unacked.partition_point(|u| u.delivery_tag <= tag)
+            };
+            if end == 0 && tag != 0 {
+                return Err(unknown_tag(tag, method));
+            }
+            return Ok(self.unacked.drain(..end).collect());
+        }
+        match self.unacked.binary_search_by_key(&tag, |u| u.delivery_tag) {
+            Ok(at) => Ok(self.unacked.remove(at).into_iter().collect()),
+            Err(_) => Err(unknown_tag(tag, method)),
+        }
+    }
+
+    /// Resolves the "" queue name to the channel's last declared queue.
+    pub fn queue_name(&self, name: &ShortStr, method: (u16, u16)) -> AmqpResult<ShortStr> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        self.last_queue.clone().ok_or_else(|| {
+            AmqpError::channel(code::NOT_FOUND, "no previously declared queue", method)
+        })
+    }
+}
+
+fn unknown_tag(tag: u64, method: (u16, u16)) -> AmqpError {
+    AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        format!("unknown delivery tag {tag}"),
+        method,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirms_collapse_consecutive_acks_into_multiple() {
+        let mut confirms = Confirms::default();
+        let a = confirms.register(1);
+        let b = confirms.register(1);
+        let c = confirms.register(1);
+        confirms.queue_settled(b, true);
+        confirms.queue_settled(a, true);
+        assert_eq!(confirms.drain(), vec![(b, true, true)]);
+        confirms.queue_settled(c, false);
+        assert_eq!(confirms.drain(), vec![(c, false, false)]);
+    }
+
+    #[test]
+    fn confirms_wait_for_every_queue_and_keep_order_around_pending() {
+        let mut confirms = Confirms::default();
+        let a = confirms.register(2);
+        let b = confirms.register(1);
+        confirms.queue_settled(b, true);
+        confirms.queue_settled(a, true);
+        // a still waits for one queue, so b must be acked alone.
+        assert_eq!(confirms.drain(), vec![(b, false, true)]);
+        confirms.queue_settled(a, true);
+        assert_eq!(confirms.drain(), vec![(a, true, true)]);
+    }
+
+    #[test]
+    fn unroutable_publish_is_confirmed_at_once() {
+        let mut confirms = Confirms::default();
+        let seq = confirms.register(0);
+        assert_eq!(confirms.drain(), vec![(seq, true, true)]);
+    }
+}

@@ -1,0 +1,426 @@
+//! One client connection: a single task that owns the socket, the read buffer, the outbox
+//! and (after the handshake) the session with all channels.
+//!
+//! The task reads and writes the socket without splitting it: every wake-up parses all
+//! complete frames in the read buffer, takes queue events while the outbox is below its
+//! high watermark, and then writes what was produced in one vectored write. Reading goes on
+//! while writing waits, so a client that is busy writing never deadlocks against us.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrymq_broker::client::ClientHandle;
+use ferrymq_wire as frame;
+use ferrymq_wire::{
+    ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionUpdateSecretOk, Frame, Method,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use super::error::{code, AmqpError, AmqpResult, CloseReason};
+use super::handshake;
+use super::outbox::Outbox;
+use super::session::Session;
+use super::Server;
+
+/// Queue events are not taken while this much output waits for the socket; queues then
+/// hold further deliveries (see the client window in `ferrymq_broker::client`).
+const OUTBOX_HIGH_WATERMARK_BYTES: usize = 1024 * 1024;
+/// Read buffer growth step; also the most read per syscall when the buffer is empty.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Queue events handled per wake-up before the outbox gets written.
+const EVENTS_PER_WAKEUP_MAX: usize = 1024;
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the connection loop ended.
+enum End {
+    /// The peer went away or the socket failed.
+    Gone,
+    /// We are closing with this reason (sent connection.close).
+    Close(CloseReason),
+    /// The client sent connection.close; we answered close-ok.
+    ClientClosed,
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    read_buf: BytesMut,
+    outbox: Outbox,
+    frame_max_bytes: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        server: Arc<Server>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let frame_max_bytes = server.config.frame_max_bytes;
+        Connection {
+            stream,
+            peer,
+            server,
+            read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            outbox: Outbox::new(frame_max_bytes),
+            frame_max_bytes,
+            shutdown,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let _ = self.stream.set_nodelay(true);
+        let timeout = Duration::from_millis(self.server.config.handshake_timeout_ms);
+        let session = match tokio::time::timeout(timeout, self.handshake()).await {
+            Ok(Ok(Some(session))) => session,
+            Ok(Ok(None)) => return,
+            Ok(Err(AmqpError::Connection(reason) | AmqpError::Channel(reason))) => {
+                tracing::info!(peer = %self.peer, code = reason.code, text = %reason.text, "handshake refused");
+                self.close_with(reason, None).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %self.peer, "handshake timed out");
+                return;
+            }
+        };
+        self.serve(session).await;
+    }
+
+    /// Reads until a whole frame is buffered. `Ok(None)` means the peer closed the socket.
+    async fn read_frame(&mut self) -> AmqpResult<Option<Frame>> {
+        loop {
+            if let Some(frame) = frame::decode_frame(&mut self.read_buf, self.frame_max_bytes)? {
+                return Ok(Some(frame));
+            }
+            self.read_buf.reserve(READ_CHUNK_BYTES);
+            match self.stream.read_buf(&mut self.read_buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        while !self.outbox.is_empty() {
+            self.stream.writable().await?;
+            self.outbox.write_to(&self.stream)?;
+        }
+        Ok(())
+    }
+
+    /// The protocol header, start, tune and open; returns the session, or `None` when the
+    /// client went away or was turned away.
+    async fn handshake(&mut self) -> AmqpResult<Option<Session>> {
+        let mut header = [0u8; 8];
+        if self.stream.read_exact(&mut header).await.is_err() {
+            return Ok(None);
+        }
+        if header != frame::PROTOCOL_HEADER {
+            // The spec's answer to an unsupported protocol: our header, then close.
+            self.outbox.raw(&frame::PROTOCOL_HEADER);
+            let _ = self.flush().await;
+            return Ok(None);
+        }
+        self.outbox
+            .method(0, &Method::ConnectionStart(handshake::connection_start()));
+        let _ = self.flush().await;
+        let Some(start_ok) = self.expect_method().await? else {
+            return Ok(None);
+        };
+        let Method::ConnectionStartOk(start_ok) = start_ok else {
+            return Err(unexpected(&start_ok));
+        };
+        let (capabilities, auth_failure_close) =
+            handshake::client_capabilities(&start_ok.client_properties);
+        let mechanism = start_ok.mechanism.as_str();
+        let ids = (
+            ferrymq_wire::ConnectionStartOk::CLASS_ID,
+            ferrymq_wire::ConnectionStartOk::METHOD_ID,
+        );
+        let user = handshake::credentials(mechanism, &start_ok.response)
+            .ok_or_else(|| ferrymq_broker::auth::login_refused(mechanism))
+            .and_then(|c| {
+                self.server
+                    .broker
+                    .authenticate(&c.username, &c.password, self.peer.ip(), mechanism)
+            });
+        let user = match user {
+            Ok(user) => user,
+            Err(e) if auth_failure_close => return Err(AmqpError::from_broker(e, ids)),
+            Err(e) => {
+                // Clients without authentication_failure_close only see the socket close.
+                tracing::info!(peer = %self.peer, text = %e.text, "login refused");
+                return Ok(None);
+            }
+        };
+        let offered = handshake::connection_tune(&self.server.config);
+        self.outbox
+            .method(0, &Method::ConnectionTune(offered.clone()));
+        let _ = self.flush().await;
+        let Some(tune_ok) = self.expect_method().await? else {
+            return Ok(None);
+        };
+        let Method::ConnectionTuneOk(tune_ok) = tune_ok else {
+            return Err(unexpected(&tune_ok));
+        };
+        let tuned = handshake::negotiate(&offered, &tune_ok)?;
+        self.frame_max_bytes = tuned.frame_max_bytes;
+        self.outbox.set_frame_max(tuned.frame_max_bytes);
+        let Some(open) = self.expect_method().await? else {
+            return Ok(None);
+        };
+        let Method::ConnectionOpen(open) = open else {
+            return Err(unexpected(&open));
+        };
+        let open_ids = (
+            ferrymq_wire::ConnectionOpen::CLASS_ID,
+            ferrymq_wire::ConnectionOpen::METHOD_ID,
+        );
+        let vhost = self
+            .server
+            .broker
+            .open_vhost(&user, &open.virtual_host)
+            .map_err(|e| AmqpError::from_broker(e, open_ids))?;
+        self.outbox
+            .method(0, &Method::ConnectionOpenOk(ConnectionOpenOk::default()));
+        let window = self.server.config.client_window_bytes as usize;
+        let (client, events) = ClientHandle::new(self.server.broker.new_client_id(), window);
+        tracing::debug!(peer = %self.peer, user = %user.name, vhost = %vhost.name(), "connection open");
+        let outbox = std::mem::replace(&mut self.outbox, Outbox::new(tuned.frame_max_bytes));
+        Ok(Some(Session {
+            server: Arc::clone(&self.server),
+            vhost,
+            user,
+            client,
+            events,
+            outbox,
+            channels: Default::default(),
+            channel_max: tuned.channel_max,
+            frame_max_bytes: tuned.frame_max_bytes,
+            capabilities,
+            exclusive_queues: Vec::new(),
+            heartbeat_s: tuned.heartbeat_s,
+        }))
+    }
+
+    /// The next method on channel 0, skipping heartbeats.
+    async fn expect_method(&mut self) -> AmqpResult<Option<Method>> {
+        loop {
+            match self.read_frame().await? {
+                None => return Ok(None),
+                Some(Frame::Heartbeat { .. }) => continue,
+                Some(Frame::Method { channel: 0, method }) => return Ok(Some(method)),
+                Some(_) => {
+                    return Err(AmqpError::connection(
+                        code::COMMAND_INVALID,
+                        "expected a connection method on channel 0",
+                        (0, 0),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn serve(mut self, mut session: Session) {
+        let end = self.serve_loop(&mut session).await;
+        session.close_all().await;
+        self.outbox = std::mem::replace(&mut session.outbox, Outbox::new(self.frame_max_bytes));
+        match end {
+            End::Gone => {}
+            End::ClientClosed => {
+                let _ = self.flush().await;
+            }
+            End::Close(reason) => self.close_with(reason, Some(&mut session)).await,
+        }
+    }
+
+    async fn serve_loop(&mut self, session: &mut Session) -> End {
+        let heartbeat =
+            (session.heartbeat_s > 0).then(|| Duration::from_secs(u64::from(session.heartbeat_s)));
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        // Clients pipeline: frames may already wait behind connection.open.
+        if let Err(end) = self.process_buffered(session).await {
+            return end;
+        }
+        loop {
+            if !session.outbox.is_empty() {
+                let before = session.outbox.queued_bytes();
+                if session.outbox.write_to(&self.stream).is_err() {
+                    return End::Gone;
+                }
+                if session.outbox.queued_bytes() != before {
+                    last_write = Instant::now();
+                }
+            }
+            // Heartbeats: send one when we have been quiet for half the interval, and drop
+            // a peer silent for two intervals (as RabbitMQ does).
+            let (send_at, dead_at) = match heartbeat {
+                Some(interval) => (last_write + interval / 2, last_read + interval * 2),
+                None => (far_future, far_future),
+            };
+            let want_write = !session.outbox.is_empty();
+            let take_events = session.outbox.queued_bytes() < OUTBOX_HIGH_WATERMARK_BYTES;
+            tokio::select! {
+                readable = self.stream.readable() => {
+                    if readable.is_err() {
+                        return End::Gone;
+                    }
+                    match self.read_available(session).await {
+                        Ok(true) => last_read = Instant::now(),
+                        Ok(false) => {}
+                        Err(end) => return end,
+                    }
+                }
+                writable = self.stream.writable(), if want_write => {
+                    if writable.is_err() {
+                        return End::Gone;
+                    }
+                }
+                event = session.events.recv(), if take_events => {
+                    let Some(event) = event else { return End::Gone };
+                    session.handle_event(event);
+                    for _ in 1..EVENTS_PER_WAKEUP_MAX {
+                        let Ok(event) = session.events.try_recv() else { break };
+                        session.handle_event(event);
+                    }
+                    session.flush_confirms();
+                }
+                _ = sleep_until(send_at) => {
+                    session.outbox.heartbeat();
+                    last_write = Instant::now();
+                }
+                _ = sleep_until(dead_at) => {
+                    tracing::info!(peer = %self.peer, "missed heartbeats from client, closing");
+                    return End::Gone;
+                }
+                _ = self.shutdown.changed() => {
+                    return End::Close(CloseReason {
+                        code: code::CONNECTION_FORCED,
+                        text: "broker forced connection closure with reason 'shutdown'".into(),
+                        class_id: 0,
+                        method_id: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has and handles every complete frame. Returns whether
+    /// anything was read.
+    async fn read_available(&mut self, session: &mut Session) -> Result<bool, End> {
+        self.read_buf.reserve(READ_CHUNK_BYTES);
+        match self.stream.try_read_buf(&mut self.read_buf) {
+            Ok(0) => return Err(End::Gone),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(_) => return Err(End::Gone),
+        }
+        self.process_buffered(session).await?;
+        Ok(true)
+    }
+
+    /// Handles every complete frame in the read buffer.
+    async fn process_buffered(&mut self, session: &mut Session) -> Result<(), End> {
+        loop {
+            let frame = match frame::decode_frame(&mut self.read_buf, self.frame_max_bytes) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(End::Close(close_reason(e.into()))),
+            };
+            match self.handle_frame(session, frame).await {
+                Ok(None) => {}
+                Ok(Some(end)) => return Err(end),
+                Err(e) => return Err(End::Close(close_reason(e))),
+            }
+        }
+        session.flush_confirms();
+        Ok(())
+    }
+
+    async fn handle_frame(
+        &mut self,
+        session: &mut Session,
+        frame: Frame,
+    ) -> AmqpResult<Option<End>> {
+        match frame {
+            Frame::Heartbeat { .. } => Ok(None),
+            Frame::Method { channel: 0, method } => match method {
+                Method::ConnectionClose(_) => {
+                    session
+                        .outbox
+                        .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk));
+                    Ok(Some(End::ClientClosed))
+                }
+                Method::ConnectionUpdateSecret(_) => {
+                    session.outbox.method(
+                        0,
+                        &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk),
+                    );
+                    Ok(None)
+                }
+                other => Err(AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    format!(
+                        "method {} is not valid on channel 0 after the handshake",
+                        other.name()
+                    ),
+                    (other.class_id(), other.method_id()),
+                )),
+            },
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
+                AmqpError::connection(code::UNEXPECTED_FRAME, "content frame on channel 0", (0, 0)),
+            ),
+            other => session.handle_frame(other).await.map(|()| None),
+        }
+    }
+
+    /// Sends connection.close, waits (briefly) for close-ok, and drops the socket.
+    async fn close_with(&mut self, reason: CloseReason, session: Option<&mut Session>) {
+        let _ = session;
+        let close = ConnectionClose {
+            reply_code: reason.code,
+            reply_text: reason.reply_text().into(),
+            class_id: reason.class_id,
+            method_id: reason.method_id,
+        };
+        self.outbox.method(0, &Method::ConnectionClose(close));
+        if self.flush().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+        while let Ok(Ok(Some(frame))) = tokio::time::timeout_at(deadline, self.read_frame()).await {
+            if let Frame::Method {
+                channel: 0,
+                method: Method::ConnectionCloseOk(_) | Method::ConnectionClose(_),
+            } = frame
+            {
+                break;
+            }
+        }
+    }
+}
+
+fn close_reason(error: AmqpError) -> CloseReason {
+    match error {
+        AmqpError::Connection(reason) | AmqpError::Channel(reason) => reason,
+    }
+}
+
+fn unexpected(method: &Method) -> AmqpError {
+    AmqpError::connection(
+        code::COMMAND_INVALID,
+        format!("unexpected method {} during the handshake", method.name()),
+        (method.class_id(), method.method_id()),
+    )
+}

@@ -1,0 +1,149 @@
+//! Outgoing frames of one connection, written with vectored writes.
+//!
+//! Frames are encoded into `scratch`; a message body above [`BODY_INLINE_MAX_BYTES`] is not
+//! copied but queued as its own `Bytes` chunk (the same buffer the publisher's frame was read
+//! into), so a large message fanned out to many consumers is never copied on the way out.
+//! Everything encoded during one wake-up leaves in as few `writev` calls as the socket takes.
+//!
+//! ```text
+//!   chunks: [ scratch₀ (method+header+body-frame start) | body Bytes | scratch₁ (frame end, …) ]
+//! ```
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use ferrymq_wire as frame;
+use ferrymq_wire::{frame_type, ContentHeader, Method, Properties};
+use tokio::net::TcpStream;
+
+/// Bodies up to this size are copied into the frame buffer: cheaper than an extra iovec.
+pub const BODY_INLINE_MAX_BYTES: usize = 2048;
+/// iovecs handed to one writev call.
+const WRITE_SLICES_MAX: usize = 64;
+/// Class id of basic, the only class with content.
+const CLASS_BASIC: u16 = 60;
+
+pub struct Outbox {
+    chunks: VecDeque<Bytes>,
+    scratch: BytesMut,
+    queued_bytes: usize,
+    frame_max_bytes: u32,
+}
+
+impl Outbox {
+    pub fn new(frame_max_bytes: u32) -> Self {
+        Outbox {
+            chunks: VecDeque::new(),
+            scratch: BytesMut::with_capacity(16 * 1024),
+            queued_bytes: 0,
+            frame_max_bytes,
+        }
+    }
+
+    pub fn set_frame_max(&mut self, frame_max_bytes: u32) {
+        self.frame_max_bytes = frame_max_bytes;
+    }
+
+    pub fn method(&mut self, channel: u16, method: &Method) {
+        let before = self.scratch.len();
+        frame::encode_method(&mut self.scratch, channel, method);
+        self.queued_bytes += self.scratch.len() - before;
+    }
+
+    pub fn heartbeat(&mut self) {
+        let before = self.scratch.len();
+        frame::encode_heartbeat(&mut self.scratch);
+        self.queued_bytes += self.scratch.len() - before;
+    }
+
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.scratch.extend_from_slice(bytes);
+        self.queued_bytes += bytes.len();
+    }
+
+    /// A content header and the body frames of a message (after its method frame).
+    pub fn content(&mut self, channel: u16, properties: &Properties, body: &Bytes) {
+        let header = ContentHeader {
+            class_id: CLASS_BASIC,
+            weight: 0,
+            body_size: body.len() as u64,
+            properties: properties.clone(),
+        };
+        let before = self.scratch.len();
+        frame::encode_header(&mut self.scratch, channel, &header);
+        self.queued_bytes += self.scratch.len() - before;
+        let payload_max = (self.frame_max_bytes as usize).saturating_sub(8).max(1);
+        let mut offset = 0;
+        while offset < body.len() {
+            let end = (offset + payload_max).min(body.len());
+            self.body_frame(channel, body, offset, end);
+            offset = end;
+        }
+    }
+
+    fn body_frame(&mut self, channel: u16, body: &Bytes, start: usize, end: usize) {
+        let size = end - start;
+        frame::encode_frame_start(&mut self.scratch, frame_type::BODY, channel, size as u32);
+        if size <= BODY_INLINE_MAX_BYTES {
+            self.scratch.extend_from_slice(&body[start..end]);
+        } else {
+            self.seal_scratch();
+            self.chunks.push_back(body.slice(start..end));
+        }
+        self.scratch.extend_from_slice(&[frame::FRAME_END]);
+        self.queued_bytes += frame::FRAME_HEADER_SIZE + size + 1;
+    }
+
+    fn seal_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            self.chunks.push_back(self.scratch.split().freeze());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued_bytes == 0
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Writes as much as the socket takes without blocking. Returns Ok when the socket
+    /// would block or everything is written.
+    pub fn write_to(&mut self, stream: &TcpStream) -> io::Result<()> {
+        self.seal_scratch();
+        while !self.chunks.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .chunks
+                .iter()
+                .take(WRITE_SLICES_MAX)
+                .map(|chunk| IoSlice::new(chunk))
+                .collect();
+            match stream.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        self.queued_bytes -= written;
+        while written > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+}

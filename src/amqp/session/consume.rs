@@ -1,0 +1,310 @@
+//! basic.qos, consume, cancel, get, ack/nack/reject and recover, and deliveries from queues.
+
+use std::sync::Arc;
+
+use ferrymq_broker::client::Delivery;
+use ferrymq_broker::queue::{ConsumerSpec, QueueCmd, QueueHandle};
+use ferrymq_wire::{
+    BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicDeliver, BasicGet,
+    BasicGetEmpty, BasicGetOk, BasicQos, BasicQosOk, BasicRecoverOk, Method, ShortStr,
+};
+
+use super::{dedup_queues, Session};
+use crate::amqp::channel::{ChannelState, SettleKind, Unacked};
+use crate::amqp::error::{code, AmqpError, AmqpResult};
+
+impl Session {
+    pub(super) fn basic_qos(&mut self, id: u16, m: BasicQos) -> AmqpResult {
+        if m.prefetch_size != 0 {
+            // RabbitMQ does not implement byte-based prefetch either.
+            return Err(AmqpError::connection(
+                code::NOT_IMPLEMENTED,
+                format!("prefetch_size!=0 ({})", m.prefetch_size),
+                (BasicQos::CLASS_ID, BasicQos::METHOD_ID),
+            ));
+        }
+        let channel = self.channel(id);
+        if m.global {
+            channel.credit.set_limit(u32::from(m.prefetch_count));
+        } else {
+            channel.consumer_prefetch = u32::from(m.prefetch_count);
+        }
+        self.outbox.method(id, &Method::BasicQosOk(BasicQosOk));
+        Ok(())
+    }
+
+    pub(super) async fn basic_consume(&mut self, id: u16, m: BasicConsume) -> AmqpResult {
+        let ids = (BasicConsume::CLASS_ID, BasicConsume::METHOD_ID);
+        let fail = |e| AmqpError::from_broker(e, ids);
+        let channel = self.channel(id);
+        let name = channel.queue_name(&m.queue, ids)?;
+        let tag = if m.consumer_tag.is_empty() {
+            generate_consumer_tag()
+        } else {
+            m.consumer_tag.clone()
+        };
+        if channel.consumers.contains_key(&tag) {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+                ids,
+            ));
+        }
+        let (prefetch_count, channel_credit) =
+            (channel.consumer_prefetch, Arc::clone(&channel.credit));
+        let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
+        queue.check_access(self.client.id).map_err(fail)?;
+        let spec = ConsumerSpec {
+            tag: tag.clone(),
+            client: Arc::clone(&self.client),
+            channel: id,
+            no_ack: m.no_ack,
+            prefetch_count,
+            channel_credit,
+            exclusive: m.exclusive,
+            arguments: m.arguments,
+        };
+        // Registered before the queue can deliver, so no delivery finds an unknown tag.
+        self.channel(id)
+            .consumers
+            .insert(tag.clone(), Arc::clone(&queue));
+        if let Err(e) = queue.consume(spec).await {
+            self.channel(id).consumers.remove(&tag);
+            return Err(fail(e));
+        }
+        if !m.nowait {
+            self.outbox.method(
+                id,
+                &Method::BasicConsumeOk(BasicConsumeOk { consumer_tag: tag }),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn basic_cancel(&mut self, id: u16, m: BasicCancel) -> AmqpResult {
+        if let Some(queue) = self.channel(id).consumers.get(&m.consumer_tag).cloned() {
+            queue
+                .cancel(self.client.id, id, m.consumer_tag.clone())
+                .await;
+            // Deliveries the queue sent before it took the cancel are already in our
+            // mailbox: hand them out before cancel-ok, after which none may follow.
+            while let Ok(event) = self.events.try_recv() {
+                self.handle_event(event);
+            }
+            self.channel(id).consumers.remove(&m.consumer_tag);
+        }
+        if !m.nowait {
+            self.outbox.method(
+                id,
+                &Method::BasicCancelOk(BasicCancelOk {
+                    consumer_tag: m.consumer_tag,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A delivery from a queue to one of this connection's consumers.
+    pub(super) fn deliver(&mut self, delivery: Delivery) {
+        let body_size = delivery.message.body_size();
+        let window_reopened = self.client.release(body_size);
+        let known = self.channels.get(&delivery.channel).is_some_and(|c| {
+            c.state == ChannelState::Open
+                && c.consumers
+                    .get(&delivery.consumer_tag)
+                    .is_some_and(|q| Arc::ptr_eq(q, &delivery.queue))
+        });
+        if known {
+            self.write_delivery(delivery);
+        }
+        // Otherwise the channel closed (or was reopened) meanwhile: its queues already took
+        // back everything it held, this message included.
+        if window_reopened {
+            self.wake_all_queues();
+        }
+    }
+
+    fn write_delivery(&mut self, delivery: Delivery) {
+        let channel = self
+            .channels
+            .get_mut(&delivery.channel)
+            .expect("checked by deliver");
+        let delivery_tag = channel.next_delivery_tag();
+        if !delivery.no_ack {
+            channel.unacked.push_back(Unacked {
+                delivery_tag,
+                queue: Arc::clone(&delivery.queue),
+                msg_id: delivery.msg_id,
+                from_consumer: true,
+            });
+        }
+        let message = &delivery.message;
+        let deliver = BasicDeliver {
+            consumer_tag: delivery.consumer_tag,
+            delivery_tag,
+            redelivered: delivery.redelivered,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        };
+        self.outbox
+            .method(delivery.channel, &Method::BasicDeliver(deliver));
+        self.outbox
+            .content(delivery.channel, &message.properties, &message.body);
+    }
+
+    /// The broker cancelled a consumer (its queue was deleted).
+    pub(super) fn consumer_cancelled(&mut self, id: u16, consumer_tag: ShortStr) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if channel.consumers.remove(&consumer_tag).is_none() || channel.state != ChannelState::Open
+        {
+            return;
+        }
+        if self.capabilities.consumer_cancel_notify {
+            self.outbox.method(
+                id,
+                &Method::BasicCancel(BasicCancel {
+                    consumer_tag,
+                    nowait: true,
+                }),
+            );
+        }
+    }
+
+    pub(super) async fn basic_get(&mut self, id: u16, m: BasicGet) -> AmqpResult {
+        let ids = (BasicGet::CLASS_ID, BasicGet::METHOD_ID);
+        let fail = |e| AmqpError::from_broker(e, ids);
+        let name = self.channel(id).queue_name(&m.queue, ids)?;
+        let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
+        queue.check_access(self.client.id).map_err(fail)?;
+        let Some(got) = queue.get(&self.client, id, m.no_ack).await.map_err(fail)? else {
+            self.outbox
+                .method(id, &Method::BasicGetEmpty(BasicGetEmpty::default()));
+            return Ok(());
+        };
+        let channel = self.channel(id);
+        let delivery_tag = channel.next_delivery_tag();
+        if !m.no_ack {
+            channel.unacked.push_back(Unacked {
+                delivery_tag,
+                queue,
+                msg_id: got.msg_id,
+                from_consumer: false,
+            });
+        }
+        let ok = BasicGetOk {
+            delivery_tag,
+            redelivered: got.redelivered,
+            exchange: got.message.exchange.clone(),
+            routing_key: got.message.routing_key.clone(),
+            message_count: got.message_count,
+        };
+        self.outbox.method(id, &Method::BasicGetOk(ok));
+        self.outbox
+            .content(id, &got.message.properties, &got.message.body);
+        Ok(())
+    }
+
+    /// basic.ack / nack / reject: in a transaction they wait for tx.commit.
+    pub(super) async fn settle(
+        &mut self,
+        id: u16,
+        tag: u64,
+        multiple: bool,
+        kind: SettleKind,
+        ids: (u16, u16),
+    ) -> AmqpResult {
+        let channel = self.channel(id);
+        if channel.tx.is_some() {
+            // Validate now so a bad tag fails the ack, not the commit.
+            let known =
+                (tag == 0 && multiple) || channel.unacked.iter().any(|u| u.delivery_tag == tag);
+            if !known {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    format!("unknown delivery tag {tag}"),
+                    ids,
+                ));
+            }
+            if let Some(tx) = channel.tx.as_mut() {
+                tx.settles.push((tag, multiple, kind));
+            }
+            return Ok(());
+        }
+        self.settle_now(id, tag, multiple, kind, ids).await
+    }
+
+    pub(super) async fn settle_now(
+        &mut self,
+        id: u16,
+        tag: u64,
+        multiple: bool,
+        kind: SettleKind,
+        ids: (u16, u16),
+    ) -> AmqpResult {
+        let taken = self.channel(id).take_unacked(tag, multiple, ids)?;
+        self.send_settles(id, taken, kind).await;
+        Ok(())
+    }
+
+    /// basic.recover(requeue=true): everything unacked goes back to its queue.
+    pub(super) async fn basic_recover(
+        &mut self,
+        id: u16,
+        requeue: bool,
+        reply: bool,
+        ids: (u16, u16),
+    ) -> AmqpResult {
+        if !requeue {
+            // As RabbitMQ: redelivery to the same consumer is not supported.
+            return Err(AmqpError::connection(
+                code::NOT_IMPLEMENTED,
+                "requeue=false",
+                ids,
+            ));
+        }
+        let taken: Vec<Unacked> = self.channel(id).unacked.drain(..).collect();
+        self.send_settles(id, taken, SettleKind::Requeue).await;
+        if reply {
+            self.outbox
+                .method(id, &Method::BasicRecoverOk(BasicRecoverOk));
+        }
+        Ok(())
+    }
+
+    /// Channel prefetch credit came back: its consumers' queues may deliver again.
+    pub(super) async fn wake_channel_queues(&mut self, id: u16) {
+        let mut queues: Vec<Arc<QueueHandle>> =
+            self.channel(id).consumers.values().cloned().collect();
+        dedup_queues(&mut queues);
+        for queue in queues {
+            queue.send(QueueCmd::Wake).await;
+        }
+    }
+
+    /// The connection's delivery window reopened: every queue feeding it may deliver again.
+    fn wake_all_queues(&mut self) {
+        let mut queues: Vec<Arc<QueueHandle>> = self
+            .channels
+            .values()
+            .flat_map(|c| c.consumers.values().cloned())
+            .collect();
+        dedup_queues(&mut queues);
+        for queue in queues {
+            // From event handling we cannot wait; Wake is idempotent, so a full mailbox
+            // (which will dispatch anyway when drained) can safely miss one.
+            let _ = queue.try_send(QueueCmd::Wake);
+        }
+    }
+}
+
+/// `amq.ctag-` plus 128 random bits, like RabbitMQ's server-generated tags.
+fn generate_consumer_tag() -> ShortStr {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    ShortStr::from(format!(
+        "amq.ctag-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}

@@ -1,0 +1,369 @@
+//! basic.publish with its content frames, publisher confirms and transactions.
+//!
+//! A publish is routed when its last body frame arrives: the exchange's routing index gives
+//! the queues, the message (one `Arc`, body not copied) goes into each queue's mailbox, and
+//! under confirms each queue reports back through the client's event channel.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrymq_broker::exchange::Exchange;
+use ferrymq_broker::queue::{ConfirmTicket, QueueCmd, QueueHandle, SettleAction};
+use ferrymq_broker::Message;
+use ferrymq_wire::{
+    BasicPublish, BasicReturn, ConfirmSelectOk, ContentHeader, FieldValue, Method, Properties,
+    ShortStr, TxCommitOk, TxRollbackOk, TxSelectOk,
+};
+
+use super::Session;
+use crate::amqp::channel::{Confirms, PendingPublish, SettleKind, Transaction};
+use crate::amqp::error::{code, AmqpError, AmqpResult};
+
+const PUBLISH: (u16, u16) = (BasicPublish::CLASS_ID, BasicPublish::METHOD_ID);
+/// Class id of basic, the only class with content.
+const CLASS_BASIC: u16 = 60;
+
+impl Session {
+    pub(super) fn basic_publish(&mut self, id: u16, m: BasicPublish) -> AmqpResult {
+        if m.immediate {
+            // RabbitMQ removed `immediate` in 3.0 and closes the connection for it.
+            return Err(AmqpError::connection(
+                code::NOT_IMPLEMENTED,
+                "immediate=true",
+                PUBLISH,
+            ));
+        }
+        let pending = PendingPublish {
+            method: m,
+            properties: None,
+            body_size: 0,
+            parts: Vec::new(),
+            received: 0,
+        };
+        self.channel(id).publish = Some(pending);
+        Ok(())
+    }
+
+    pub(super) async fn content_header(&mut self, id: u16, header: ContentHeader) -> AmqpResult {
+        let size_max = self.server.config.message_size_max_bytes;
+        let channel = self.channel(id);
+        let Some(pending) = channel.publish.as_mut().filter(|p| p.properties.is_none()) else {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content header frame on channel {id}"),
+                (0, 0),
+            ));
+        };
+        if header.class_id != CLASS_BASIC {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!(
+                    "content header for class {} after basic.publish",
+                    header.class_id
+                ),
+                PUBLISH,
+            ));
+        }
+        if header.body_size > size_max {
+            channel.publish = None;
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "message size {} is larger than configured max size {size_max}",
+                    header.body_size
+                ),
+                PUBLISH,
+            ));
+        }
+        pending.body_size = header.body_size;
+        pending.properties = Some(header.properties);
+        if pending.is_complete() {
+            return self.complete_publish(id).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult {
+        let channel = self.channel(id);
+        let Some(pending) = channel.publish.as_mut().filter(|p| p.properties.is_some()) else {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("unexpected content body frame on channel {id}"),
+                (0, 0),
+            ));
+        };
+        pending.received += payload.len() as u64;
+        if pending.received > pending.body_size {
+            return Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!(
+                    "content body of {} bytes is longer than the {} declared",
+                    pending.received, pending.body_size
+                ),
+                PUBLISH,
+            ));
+        }
+        if !payload.is_empty() {
+            pending.parts.push(payload);
+        }
+        if pending.is_complete() {
+            return self.complete_publish(id).await;
+        }
+        Ok(())
+    }
+
+    async fn complete_publish(&mut self, id: u16) -> AmqpResult {
+        let channel = self.channel(id);
+        let Some(mut pending) = channel.publish.take() else {
+            return Ok(());
+        };
+        let body = pending.take_body();
+        let properties = pending.properties.take().unwrap_or_else(Properties::empty);
+        let method = pending.method;
+        self.check_user_id(&properties)?;
+        let exchange = self
+            .vhost
+            .exchange_or_404(&method.exchange)
+            .map_err(|e| AmqpError::from_broker(e, PUBLISH))?;
+        if exchange.config.internal {
+            return Err(AmqpError::channel(
+                code::ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '{}'",
+                    exchange.name,
+                    self.vhost.name()
+                ),
+                PUBLISH,
+            ));
+        }
+        let message = Message::new(
+            method.exchange.clone(),
+            method.routing_key.clone(),
+            properties,
+            body,
+        );
+        let channel = self.channel(id);
+        if let Some(tx) = channel.tx.as_mut() {
+            tx.publishes.push((exchange, method, message));
+            return Ok(());
+        }
+        self.route_and_enqueue(id, &exchange, &method, message)
+            .await;
+        Ok(())
+    }
+
+    /// RabbitMQ refuses a user_id property that is not the authenticated user's name.
+    fn check_user_id(&self, properties: &Properties) -> AmqpResult {
+        match properties.user_id() {
+            Some(user_id) if user_id.as_str() != self.user.name => Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id, self.user.name
+                ),
+                PUBLISH,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn route_and_enqueue(
+        &mut self,
+        id: u16,
+        exchange: &Arc<Exchange>,
+        method: &BasicPublish,
+        message: Message,
+    ) {
+        let (message, queues) = self.route(exchange, message);
+        let channel = self.channel(id);
+        let confirm_seq = channel
+            .confirms
+            .as_mut()
+            .map(|c| c.register(queues.len() as u32));
+        if queues.is_empty() && method.mandatory {
+            let returned = BasicReturn {
+                reply_code: code::NO_ROUTE,
+                reply_text: ShortStr::from_static("NO_ROUTE"),
+                exchange: method.exchange.clone(),
+                routing_key: method.routing_key.clone(),
+            };
+            self.outbox.method(id, &Method::BasicReturn(returned));
+            self.outbox.content(id, &message.properties, &message.body);
+        }
+        let message = Arc::new(message);
+        for queue in queues {
+            let confirm = confirm_seq.map(|seq| ConfirmTicket {
+                client: Arc::clone(&self.client),
+                channel: id,
+                seq,
+            });
+            queue.publish(Arc::clone(&message), confirm).await;
+        }
+    }
+
+    /// Routes with the routing key plus any CC/BCC header keys; BCC is removed from the
+    /// message before it is stored (RabbitMQ's sender-selected distribution).
+    fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        mut message: Message,
+    ) -> (Message, Vec<Arc<QueueHandle>>) {
+        let mut queues = Vec::new();
+        let headers = if exchange.kind() == ferrymq_broker::exchange::ExchangeType::Headers
+            || !message.properties.is_empty()
+        {
+            message.properties.headers()
+        } else {
+            None
+        };
+        let extra = headers
+            .as_ref()
+            .map(|h| (string_array(h.get("CC")), string_array(h.get("BCC"))));
+        let mut keys: Vec<&str> = vec![message.routing_key.as_str()];
+        if let Some((cc, bcc)) = &extra {
+            keys.extend(cc.iter().map(String::as_str));
+            keys.extend(bcc.iter().map(String::as_str));
+        }
+        self.vhost
+            .route(exchange, &keys, headers.as_ref(), &mut queues);
+        if extra.as_ref().is_some_and(|(_, bcc)| !bcc.is_empty()) {
+            message = without_bcc(message);
+        }
+        (message, queues)
+    }
+
+    pub(super) fn confirm_select(&mut self, id: u16, nowait: bool, ids: (u16, u16)) -> AmqpResult {
+        let channel = self.channel(id);
+        if channel.tx.is_some() {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "cannot switch from tx to confirm mode",
+                ids,
+            ));
+        }
+        if channel.confirms.is_none() {
+            channel.confirms = Some(Confirms::default());
+        }
+        if !nowait {
+            self.outbox
+                .method(id, &Method::ConfirmSelectOk(ConfirmSelectOk));
+        }
+        Ok(())
+    }
+
+    pub(super) fn tx_select(&mut self, id: u16, ids: (u16, u16)) -> AmqpResult {
+        let channel = self.channel(id);
+        if channel.confirms.is_some() {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "cannot switch from confirm to tx mode",
+                ids,
+            ));
+        }
+        if channel.tx.is_none() {
+            channel.tx = Some(Transaction::default());
+        }
+        self.outbox.method(id, &Method::TxSelectOk(TxSelectOk));
+        Ok(())
+    }
+
+    pub(super) async fn tx_commit(&mut self, id: u16, ids: (u16, u16)) -> AmqpResult {
+        let Some(tx) = self.channel(id).tx.as_mut() else {
+            return Err(not_transactional(ids));
+        };
+        let Transaction { publishes, settles } = std::mem::take(tx);
+        for (exchange, method, message) in publishes {
+            self.route_and_enqueue(id, &exchange, &method, message)
+                .await;
+        }
+        for (tag, multiple, kind) in settles {
+            self.settle_now(id, tag, multiple, kind, ids).await?;
+        }
+        self.outbox.method(id, &Method::TxCommitOk(TxCommitOk));
+        Ok(())
+    }
+
+    pub(super) fn tx_rollback(&mut self, id: u16, ids: (u16, u16)) -> AmqpResult {
+        let Some(tx) = self.channel(id).tx.as_mut() else {
+            return Err(not_transactional(ids));
+        };
+        *tx = Transaction::default();
+        self.outbox.method(id, &Method::TxRollbackOk(TxRollbackOk));
+        Ok(())
+    }
+
+    /// Sends settle commands, grouped per queue, for deliveries removed from a channel.
+    pub(super) async fn send_settles(
+        &mut self,
+        id: u16,
+        taken: Vec<crate::amqp::channel::Unacked>,
+        kind: SettleKind,
+    ) {
+        let action = match kind {
+            SettleKind::Ack => SettleAction::Ack,
+            SettleKind::Requeue => SettleAction::Requeue,
+            SettleKind::Discard => SettleAction::Discard,
+        };
+        let mut credit_returned = 0u32;
+        let mut by_queue: Vec<(Arc<QueueHandle>, Vec<u64>)> = Vec::new();
+        for unacked in taken {
+            credit_returned += u32::from(unacked.from_consumer);
+            match by_queue
+                .iter_mut()
+                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+            {
+                Some((_, ids)) => ids.push(unacked.msg_id),
+                None => by_queue.push((unacked.queue, vec![unacked.msg_id])),
+            }
+        }
+        let client = self.client.id;
+        for (queue, msg_ids) in by_queue {
+            queue
+                .send(QueueCmd::Settle {
+                    client,
+                    channel: id,
+                    msg_ids,
+                    action,
+                })
+                .await;
+        }
+        if self.channel(id).credit.release(credit_returned) {
+            self.wake_channel_queues(id).await;
+        }
+    }
+}
+
+fn not_transactional(ids: (u16, u16)) -> AmqpError {
+    AmqpError::channel(
+        code::PRECONDITION_FAILED,
+        "channel is not transactional",
+        ids,
+    )
+}
+
+/// The string elements of a CC/BCC header (an array of longstr, or a single longstr).
+fn string_array(value: Option<&FieldValue>) -> Vec<String> {
+    match value {
+        Some(FieldValue::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(single) => single
+            .as_str()
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+/// Re-encodes the properties without the BCC header: the only time the broker rewrites
+/// properties on the publish path.
+fn without_bcc(mut message: Message) -> Message {
+    if let Ok(mut props) = message.properties.decode() {
+        if let Some(headers) = props.headers.as_mut() {
+            headers.remove("BCC");
+        }
+        message.properties = props.encode();
+    }
+    message
+}

@@ -1,0 +1,199 @@
+//! Configuration: command-line flags win over `FERRYMQ_*` environment variables, which win
+//! over the TOML file (`--config`), which wins over the defaults below.
+//!
+//! Every scalar setting exists in all three places under the same name (`frame_max_bytes`,
+//! `--frame-max-bytes`, `FERRYMQ_FRAME_MAX_BYTES`); users and vhosts are file-only, with
+//! RabbitMQ's `default_user` / `default_pass` / `default_vhost` as flags too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+/// Declares the scalar settings once: the CLI struct (flag + env), the file struct and the
+/// merge, so a setting cannot exist in one place and be forgotten in another.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident ($env:literal) : $ty:ty = $default:expr ),* $(,)?) => {
+        /// ferrymq: an AMQP 0-9-1 message broker compatible with RabbitMQ clients.
+        #[derive(Debug, Parser, Default)]
+        #[command(version, about, long_about = None)]
+        pub struct Cli {
+            /// TOML configuration file.
+            #[arg(long, env = "FERRYMQ_CONFIG")]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env, value_name = stringify!($ty))]
+               pub $name: Option<$ty>, )*
+        }
+
+        #[derive(Debug, Deserialize, Default)]
+        #[serde(default, deny_unknown_fields)]
+        struct FileConfig {
+            $( $name: Option<$ty>, )*
+            users: Vec<UserConfig>,
+            vhosts: Vec<String>,
+        }
+
+        /// The effective configuration.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            pub users: Vec<UserConfig>,
+            pub vhosts: Vec<String>,
+        }
+
+        impl Config {
+            fn merge(cli: Cli, file: FileConfig) -> Config {
+                Config {
+                    $( $name: cli.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                    users: file.users,
+                    vhosts: file.vhosts,
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address the AMQP listener binds to.
+    amqp_listen ("FERRYMQ_AMQP_LISTEN"): SocketAddr = SocketAddr::from(([127, 0, 0, 1], 5672)),
+    /// Directory for the broker's data; created on first start.
+    data_dir ("FERRYMQ_DATA_DIR"): PathBuf = PathBuf::from("./data"),
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive); RUST_LOG also works.
+    log_level ("FERRYMQ_LOG_LEVEL"): String = "info".to_string(),
+    /// Largest frame the broker accepts and offers in connection.tune (RabbitMQ: 131072).
+    frame_max_bytes ("FERRYMQ_FRAME_MAX_BYTES"): u32 = 131_072,
+    /// Most channels per connection offered in connection.tune (RabbitMQ: 2047).
+    channel_max ("FERRYMQ_CHANNEL_MAX"): u16 = 2047,
+    /// Heartbeat interval offered in connection.tune; 0 disables (RabbitMQ: 60).
+    heartbeat_s ("FERRYMQ_HEARTBEAT_S"): u16 = 60,
+    /// Largest message body accepted; larger publishes get 406 (RabbitMQ: 128 MiB).
+    message_size_max_bytes ("FERRYMQ_MESSAGE_SIZE_MAX_BYTES"): u64 = 128 * 1024 * 1024,
+    /// Open connections at most; further ones are refused at accept.
+    connections_max ("FERRYMQ_CONNECTIONS_MAX"): u32 = 65_536,
+    /// Time a client has to complete the AMQP handshake (RabbitMQ: 10 s).
+    handshake_timeout_ms ("FERRYMQ_HANDSHAKE_TIMEOUT_MS"): u64 = 10_000,
+    /// Delivery bytes queues may have in flight to one connection before they wait for it.
+    client_window_bytes ("FERRYMQ_CLIENT_WINDOW_BYTES"): u64 = 16 * 1024 * 1024,
+    /// How long shutdown waits for connections to close.
+    shutdown_timeout_ms ("FERRYMQ_SHUTDOWN_TIMEOUT_MS"): u64 = 5_000,
+    /// Vhost created at start when the file declares none.
+    default_vhost ("FERRYMQ_DEFAULT_VHOST"): String = "/".to_string(),
+    /// User created at start when the file declares none (only from loopback if "guest").
+    default_user ("FERRYMQ_DEFAULT_USER"): String = "guest".to_string(),
+    /// Password of the default user.
+    default_pass ("FERRYMQ_DEFAULT_PASS"): String = "guest".to_string(),
+}
+
+/// A user from the `[[users]]` table of the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plain-text password, hashed at start.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// RabbitMQ's `password_hash` (base64 of salt + SHA-256), as in exported definitions.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Vhosts the user may open; all when absent.
+    #[serde(default)]
+    pub vhosts: Option<Vec<String>>,
+    /// Only from loopback addresses (default: true for "guest", false otherwise).
+    #[serde(default)]
+    pub loopback_only: Option<bool>,
+}
+
+impl Config {
+    /// Parses the command line and environment, then the file they name.
+    pub fn load() -> anyhow::Result<Config> {
+        Self::from_cli(Cli::parse())
+    }
+
+    pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::merge(cli, file);
+        if config.vhosts.is_empty() {
+            config.vhosts.push(config.default_vhost.clone());
+        }
+        if config.users.is_empty() {
+            config.users.push(UserConfig {
+                name: config.default_user.clone(),
+                password: Some(config.default_pass.clone()),
+                password_hash: None,
+                tags: vec!["administrator".to_string()],
+                vhosts: None,
+                loopback_only: None,
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults with the listener on an ephemeral loopback port: for tests.
+    pub fn for_tests() -> Config {
+        let mut config = Self::from_cli(Cli::default()).expect("defaults are valid");
+        config.amqp_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.frame_max_bytes == 0 || self.frame_max_bytes >= ferrymq_wire::FRAME_MIN_SIZE,
+            "frame_max_bytes must be 0 (no limit) or at least {}",
+            ferrymq_wire::FRAME_MIN_SIZE
+        );
+        for user in &self.users {
+            anyhow::ensure!(
+                user.password.is_some() || user.password_hash.is_some(),
+                "user '{}' needs password or password_hash",
+                user.name
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file: FileConfig = toml::from_str("heartbeat_s = 5\nchannel_max = 10\n").unwrap();
+        let cli = Cli {
+            channel_max: Some(20),
+            ..Cli::default()
+        };
+        let config = Config::merge(cli, file);
+        assert_eq!(config.channel_max, 20);
+        assert_eq!(config.heartbeat_s, 5);
+        assert_eq!(config.frame_max_bytes, 131_072);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("hartbeat_s = 5").is_err());
+    }
+
+    #[test]
+    fn users_and_vhosts_come_from_the_file() {
+        let text = "vhosts = [\"/\", \"prod\"]\n[[users]]\nname = \"app\"\npassword = \"pw\"\nvhosts = [\"prod\"]\n";
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let config = Config::merge(Cli::default(), file);
+        assert_eq!(config.vhosts, vec!["/", "prod"]);
+        assert_eq!(config.users[0].name, "app");
+    }
+}

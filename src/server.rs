@@ -1,0 +1,79 @@
+//! Starting and stopping the broker: builds the core from the configuration, binds the
+//! listener, and runs until told to shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferrymq_broker::auth::{PasswordHash, User};
+use ferrymq_broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::amqp::{listener, Server};
+use crate::config::Config;
+
+/// A running broker.
+pub struct Running {
+    pub amqp_addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Closes every connection with 320 CONNECTION_FORCED and waits for the listener.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Builds the broker state the configuration describes.
+pub fn build_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
+    let broker = Broker::new();
+    for vhost in &config.vhosts {
+        broker.add_vhost(vhost);
+    }
+    for user in &config.users {
+        let password = match (&user.password_hash, &user.password) {
+            (Some(hash), _) => PasswordHash::from_rabbitmq_hash(hash).with_context(|| {
+                format!(
+                    "user '{}': password_hash is not a RabbitMQ SHA-256 hash",
+                    user.name
+                )
+            })?,
+            (None, Some(plain)) => PasswordHash::from_password(plain),
+            (None, None) => anyhow::bail!("user '{}' has no password", user.name),
+        };
+        broker.add_user(User {
+            name: user.name.clone(),
+            password,
+            tags: user.tags.clone(),
+            vhosts: user.vhosts.clone(),
+            loopback_only: user.loopback_only.unwrap_or(user.name == "guest"),
+        });
+    }
+    Ok(broker)
+}
+
+/// Binds the listener and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let broker = build_broker(&config)?;
+    let listener = TcpListener::bind(config.amqp_listen)
+        .await
+        .with_context(|| format!("binding AMQP listener to {}", config.amqp_listen))?;
+    let amqp_addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let server = Server::new(Arc::clone(&broker), config);
+    let task = tokio::spawn(listener::serve(listener, server, shutdown_rx));
+    Ok(Running {
+        amqp_addr,
+        broker,
+        shutdown,
+        task,
+    })
+}
