@@ -19,7 +19,6 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::cursor::Cursor;
 use crate::error::WireError;
 use crate::method::{frame_type, Method, SPEC_FRAME_END, SPEC_FRAME_MIN_SIZE};
 use crate::properties::Properties;
@@ -152,13 +151,12 @@ fn decode_header(payload: Bytes) -> Result<ContentHeader, WireError> {
             payload.len()
         )));
     }
-    let mut c = Cursor::new(
-        payload.slice(..CONTENT_HEADER_FIXED_BYTES),
-        "content header",
-    );
-    let class_id = c.short()?;
-    let weight = c.short()?;
-    let body_size = c.longlong()?;
+    // Read in place: a Cursor would cost a reference-count round trip.
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    let weight = u16::from_be_bytes([payload[2], payload[3]]);
+    let mut body_size = [0u8; 8];
+    body_size.copy_from_slice(&payload[4..CONTENT_HEADER_FIXED_BYTES]);
+    let body_size = u64::from_be_bytes(body_size);
     let properties = Properties::from_bytes(payload.slice(CONTENT_HEADER_FIXED_BYTES..));
     properties.validate()?;
     Ok(ContentHeader {
