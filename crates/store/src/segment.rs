@@ -1,0 +1,232 @@
+//! Segment files: a queue's messages, appended in order, never rewritten.
+//!
+//! ```text
+//!  <dir>/<segment number, 20 digits>.seg   records back to back (see `record`)
+//!  <dir>/<segment number, 20 digits>.ack   u32 big-endian offsets of acked records
+//! ```
+//!
+//! A segment is deleted, with its ack file, once every record in it is acked and it is no
+//! longer the one being written. Reading uses positioned reads (`pread`) on a shared file
+//! handle, so readers never move the writer's file position.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Result, StoreError};
+use crate::record::{self, Decoded, Record, RECORD_PREFIX_BYTES, RECORD_SIZE_MAX_BYTES};
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u32,
+}
+
+pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.seg"))
+}
+
+pub fn ack_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}.ack"))
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".seg") {
+            if let Ok(number) = stem.parse::<u64>() {
+                numbers.push(number);
+            }
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// One open segment.
+#[derive(Debug)]
+pub struct Segment {
+    pub number: u64,
+    file: File,
+    acks: Option<File>,
+    /// Bytes of whole records in the file.
+    pub len_bytes: u64,
+    /// Records in the segment (recovered or appended).
+    pub records: u32,
+    /// Of those, acked.
+    pub acked: u32,
+}
+
+impl Segment {
+    pub fn create(dir: &Path, number: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(segment_path(dir, number))?;
+        Ok(Segment {
+            number,
+            file,
+            acks: None,
+            len_bytes: 0,
+            records: 0,
+            acked: 0,
+        })
+    }
+
+    pub fn open(dir: &Path, number: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment_path(dir, number))?;
+        let len_bytes = file.metadata()?.len();
+        Ok(Segment {
+            number,
+            file,
+            acks: None,
+            len_bytes,
+            records: 0,
+            acked: 0,
+        })
+    }
+
+    /// Appends already encoded records at the end.
+    pub fn append(&mut self, encoded: &[u8], records: u32) -> Result<()> {
+        self.file.write_all_at(encoded, self.len_bytes)?;
+        self.len_bytes += encoded.len() as u64;
+        self.records += records;
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Reads the record at `offset`, checking its size and checksum again on the way out.
+    pub fn read(&self, offset: u32) -> Result<Record> {
+        let mut prefix = [0u8; RECORD_PREFIX_BYTES];
+        self.file.read_exact_at(&mut prefix, u64::from(offset))?;
+        let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
+        if size > RECORD_SIZE_MAX_BYTES
+            || u64::from(offset) + (RECORD_PREFIX_BYTES + size) as u64 > self.len_bytes
+        {
+            return Err(StoreError::Corrupt(format!(
+                "record at {}:{offset} overruns the segment",
+                self.number
+            )));
+        }
+        let mut buf = BytesMut::zeroed(RECORD_PREFIX_BYTES + size);
+        self.file.read_exact_at(&mut buf, u64::from(offset))?;
+        match record::decode(&buf.freeze())? {
+            Decoded::Record(record, _) => Ok(record),
+            Decoded::Incomplete => Err(StoreError::Corrupt(format!(
+                "record at {}:{offset} is incomplete",
+                self.number
+            ))),
+        }
+    }
+
+    /// Records that an offset is acked (durable on the next `sync_acks`).
+    pub fn ack(&mut self, dir: &Path, offset: u32) -> Result<()> {
+        if self.acks.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ack_path(dir, self.number))?;
+            self.acks = Some(file);
+        }
+        if let Some(acks) = self.acks.as_mut() {
+            acks.write_all(&offset.to_be_bytes())?;
+        }
+        self.acked += 1;
+        Ok(())
+    }
+
+    pub fn is_fully_acked(&self) -> bool {
+        self.acked >= self.records
+    }
+
+    /// Truncates the file to `len` bytes (a torn last record found by recovery).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.len_bytes = len;
+        Ok(())
+    }
+
+    pub fn remove(self, dir: &Path) -> Result<()> {
+        drop(self.file);
+        fs::remove_file(segment_path(dir, self.number))?;
+        match fs::remove_file(ack_path(dir, self.number)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads a segment's ack file; a torn last entry (fewer than 4 bytes) is ignored.
+pub fn read_acks(dir: &Path, number: u64) -> Result<Vec<u32>> {
+    let bytes = match fs::read(ack_path(dir, number)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// What a scan of one segment found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// (offset, record) for every valid record, in file order.
+    pub records: Vec<(u32, Record)>,
+    /// Records skipped because they failed their checks.
+    pub corrupt: u32,
+    /// Where the valid data ends: anything after it is a torn write to truncate.
+    pub valid_len: u64,
+}
+
+/// Reads every record of a segment file. A record that fails its checksum in the middle is
+/// skipped by searching forward for the next record that decodes; bytes at the end that do
+/// not form a whole record are reported through `valid_len`.
+pub fn scan(dir: &Path, number: u64) -> Result<Scan> {
+    let data = Bytes::from(fs::read(segment_path(dir, number))?);
+    let mut out = Scan::default();
+    let mut at = 0usize;
+    while at < data.len() {
+        match record::decode(&data.slice(at..)) {
+            Ok(Decoded::Record(record, len)) => {
+                out.records.push((at as u32, record));
+                at += len;
+                out.valid_len = at as u64;
+            }
+            Ok(Decoded::Incomplete) => break,
+            Err(_) => match resync(&data, at + 1) {
+                Some(next) => {
+                    out.corrupt += 1;
+                    at = next;
+                }
+                None => break,
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The next offset at or after `from` where a whole valid record starts.
+fn resync(data: &Bytes, from: usize) -> Option<usize> {
+    (from..data.len())
+        .find(|&at| matches!(record::decode(&data.slice(at..)), Ok(Decoded::Record(..))))
+}
