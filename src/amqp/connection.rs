@@ -369,10 +369,11 @@ impl Connection {
                     );
                     Ok(None)
                 }
+                // rabbit_reader:handle_method0's catch-all: 504 naming the method.
                 other => Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
+                    code::CHANNEL_ERROR,
                     format!(
-                        "method {} is not valid on channel 0 after the handshake",
+                        "unexpected method {} in connection state running",
                         other.name()
                     ),
                     (other.class_id(), other.method_id()),

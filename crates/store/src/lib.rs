@@ -4,7 +4,7 @@
 //! - [`record`]: the message record format (drawn above its encoder) and its decoder.
 //! - [`segment`]: segment and ack files; scanning a segment with torn-tail and corruption handling.
 //! - [`queue_log`]: one queue's log: append, flush, sync, read, ack, reclaim, recovery.
-//! - [`error`]: [`StoreError`].
+//! - [`error`]: the error type, [`StoreError`].
 //!
 //! The broker does not use this crate yet: wiring it into queues (group commit on a storage
 //! thread, paging, durable definitions) is the next step of the storage work.

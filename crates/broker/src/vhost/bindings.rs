@@ -59,7 +59,7 @@ impl VHost {
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> Result<()> {
-        check_not_default(source)?;
+        check_not_default(source, &destination)?;
         let mut defs = self.definitions.lock();
         if source.is_deleted() {
             return Err(BrokerError::no_exchange(&source.name, &self.name));
@@ -97,7 +97,7 @@ impl VHost {
         routing_key: &ShortStr,
         arguments: &FieldTable,
     ) -> Result<()> {
-        check_not_default(source)?;
+        check_not_default(source, destination)?;
         let mut defs = self.definitions.lock();
         let name = destination_name(destination);
         let key = (name.clone(), routing_key.clone());
@@ -199,8 +199,11 @@ pub(super) fn destination_name(destination: &Destination) -> DestinationName {
     }
 }
 
-fn check_not_default(exchange: &Exchange) -> Result<()> {
-    if exchange.is_default() {
+/// The default exchange's bindings are implicit: it can be neither the source nor the
+/// destination of one (rabbit_channel:binding_action_with_checks checks both ends).
+fn check_not_default(source: &Exchange, destination: &Destination) -> Result<()> {
+    let destination_is_default = matches!(destination, Destination::Exchange(x) if x.is_default());
+    if source.is_default() || destination_is_default {
         return Err(BrokerError::access_refused(
             "operation not permitted on the default exchange",
         ));

@@ -55,14 +55,16 @@ impl VHost {
 
     /// exchange.delete. Deleting an exchange that does not exist is not an error (RabbitMQ).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
-        if name.is_empty() || name.starts_with(RESERVED_PREFIX) {
-            let shown = if name.is_empty() {
-                "the default exchange".to_string()
-            } else {
-                format!("exchange '{name}'")
-            };
+        // rabbit_channel: check_not_default_exchange, then check_exchange_deletion.
+        if name.is_empty() {
+            return Err(BrokerError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if name.starts_with(RESERVED_PREFIX) {
             return Err(BrokerError::access_refused(format!(
-                "operation not permitted on {shown}"
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
             )));
         }
         let mut defs = self.definitions.lock();
