@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferrymq_broker::auth::{PasswordHash, User};
 use ferrymq_broker::Broker;
+use ferrymq_store::DataDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,6 +21,8 @@ pub struct Running {
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Holds the data directory's lock until the broker is dropped.
+    _data_dir: DataDir,
 }
 
 impl Running {
@@ -60,8 +63,8 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
 
 /// Binds the listener and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let data_dir = DataDir::open(&config.data_dir)
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let broker = build_broker(&config)?;
     let listener = TcpListener::bind(config.amqp_listen)
         .await
@@ -75,5 +78,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         broker,
         shutdown,
         task,
+        _data_dir: data_dir,
     })
 }

@@ -1,6 +1,7 @@
 //! ferrymq's storage engine: append-only segment logs of CRC-checked records.
 //!
 //! # Layout
+//! - [`data_dir`]: the data directory and its lock.
 //! - [`record`]: the message record format (drawn above its encoder) and its decoder.
 //! - [`segment`]: segment and ack files; scanning a segment with torn-tail and corruption handling.
 //! - [`queue_log`]: one queue's log: append, flush, sync, read, ack, reclaim, recovery.
@@ -9,11 +10,13 @@
 //! The broker does not use this crate yet: wiring it into queues (group commit on a storage
 //! thread, paging, durable definitions) is the next step of the storage work.
 
+pub mod data_dir;
 pub mod error;
 pub mod queue_log;
 pub mod record;
 pub mod segment;
 
+pub use data_dir::DataDir;
 pub use error::{Result, StoreError};
 pub use queue_log::{QueueLog, Recovered};
 pub use record::{Record, RecordKind};
