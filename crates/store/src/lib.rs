@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`commit`]: the storage thread: owns the logs, group commit (one fdatasync per batch).
+//! - [`definitions`]: the log of topology commands, with snapshot compaction.
 //! - [`data_dir`]: the data directory and its lock.
 //! - [`record`]: the message record format (drawn above its encoder) and its decoder.
 //! - [`segment`]: segment and ack files; scanning a segment with torn-tail and corruption handling.
@@ -13,6 +14,7 @@
 
 pub mod commit;
 pub mod data_dir;
+pub mod definitions;
 pub mod error;
 pub mod queue_log;
 pub mod record;
@@ -20,6 +22,7 @@ pub mod segment;
 
 pub use commit::{Request, Storage};
 pub use data_dir::DataDir;
+pub use definitions::DefinitionsLog;
 pub use error::{Result, StoreError};
 pub use queue_log::{QueueLog, Recovered};
 pub use record::{Record, RecordKind};
