@@ -1,108 +1,75 @@
-//! The storage thread: the single owner of every queue log, with group commit.
+//! Group commit: one thread that makes files durable for every queue at once.
 //!
-//! Requests arrive on a bounded channel. The thread takes everything waiting (up to
-//! [`BATCH_REQUESTS_MAX`]), applies it, then makes it durable with one fdatasync per log
-//! that received durable appends, and only then runs the completions. A publisher confirm
-//! waiting on a completion is therefore sent after its message is on disk, and a thousand
-//! publishers arriving together share one fdatasync.
+//! Each queue task owns its log and writes to it itself (a `write` to the page cache costs
+//! microseconds); what it must not do is wait for an fdatasync, and what the disk must not
+//! see is one fdatasync per message. So queues hand the files they wrote to this thread
+//! with a completion. The thread takes every request waiting (up to
+//! [`BATCH_REQUESTS_MAX`]), fdatasyncs each distinct file once, and then runs the
+//! completions: a thousand publishers arriving together share one fdatasync, and a
+//! publisher confirm hanging on a completion is sent only after its message is on disk.
 //!
 //! ```text
-//!   queue tasks ──Request (bounded, blocks when full)──▶ storage thread
-//!                                                         apply batch → fdatasync dirty logs
-//!   completion closures ◀──────────────────────────────── → run completions
+//!   queue task: append → write()  ──SyncRequest(files, completion)──▶ sync thread
+//!                                                                       fdatasync each file once
+//!   confirms ◀──────────────── completion() ───────────────────────────┘
 //! ```
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::error::{Result, StoreError};
-use crate::queue_log::{QueueLog, Recovered};
-use crate::record::Record;
-use crate::segment::Position;
-
-/// Requests waiting for the storage thread before senders block.
-pub const REQUEST_QUEUE_MAX: usize = 16 * 1024;
 /// Requests applied per batch before the thread syncs and completes them.
 pub const BATCH_REQUESTS_MAX: usize = 4096;
 
-pub type LogId = u64;
-pub type Completion<T> = Box<dyn FnOnce(Result<T>) + Send>;
+pub type Completion = Box<dyn FnOnce(std::io::Result<()>) + Send>;
 
-pub enum Request {
-    /// Opens (and recovers) the log of a queue.
-    Open {
-        id: LogId,
-        dir: PathBuf,
-        segment_size_bytes: u64,
-        done: Completion<Recovered>,
-    },
-    /// Appends a record; `durable` ones are fdatasynced before `done` runs.
-    Append {
-        id: LogId,
-        record: Record,
-        durable: bool,
-        done: Option<Completion<Position>>,
-    },
-    Ack {
-        id: LogId,
-        positions: Vec<Position>,
-    },
-    Read {
-        id: LogId,
-        position: Position,
-        done: Completion<Record>,
-    },
-    /// Closes the log and deletes its files (the queue was deleted).
-    Destroy {
-        id: LogId,
-    },
-    /// Runs a closure on the storage thread, in order with the other requests.
-    #[cfg(test)]
-    Run(Box<dyn FnOnce() + Send>),
+pub struct SyncRequest {
+    pub files: Vec<Arc<File>>,
+    pub done: Completion,
 }
 
 /// Counters for tests and metrics.
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub syncs: AtomicU64,
+pub struct SyncStats {
+    pub fdatasyncs: AtomicU64,
     pub batches: AtomicU64,
-    pub appends: AtomicU64,
+    pub requests: AtomicU64,
 }
 
-/// The handle queue tasks use; cloning shares the one thread.
+/// The handle queue tasks use; clones share the one thread, which ends when the last
+/// handle is dropped.
 #[derive(Clone)]
-pub struct Storage {
-    tx: SyncSender<Request>,
-    pub stats: Arc<Stats>,
+pub struct Syncer {
+    // Unbounded on purpose: a request is a few pointers, senders are queue tasks that must
+    // never block, and every request is bounded by the queue's own unconfirmed window.
+    tx: Sender<SyncRequest>,
+    pub stats: Arc<SyncStats>,
 }
 
-impl Storage {
-    /// Starts the storage thread. It ends when every `Storage` handle is dropped.
-    pub fn start() -> (Storage, JoinHandle<()>) {
-        let (tx, rx) = mpsc::sync_channel(REQUEST_QUEUE_MAX);
-        let stats = Arc::new(Stats::default());
+impl Syncer {
+    pub fn start() -> (Syncer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(SyncStats::default());
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
-            .name("ferrymq-storage".into())
+            .name("ferrymq-sync".into())
             .spawn(move || run(rx, &thread_stats))
-            .expect("spawning the storage thread");
-        (Storage { tx, stats }, thread)
+            .expect("spawning the sync thread");
+        (Syncer { tx, stats }, thread)
     }
 
-    /// Queues a request, blocking while the storage thread is REQUEST_QUEUE_MAX behind.
-    pub fn send(&self, request: Request) -> Result<()> {
-        self.tx
-            .send(request)
-            .map_err(|_| StoreError::Io(std::io::Error::other("storage thread has stopped")))
+    /// Asks for `files` to be made durable; `done` runs on the sync thread afterwards.
+    pub fn sync(&self, files: Vec<Arc<File>>, done: Completion) {
+        if let Err(mpsc::SendError(request)) = self.tx.send(SyncRequest { files, done }) {
+            (request.done)(Err(std::io::Error::other("sync thread has stopped")));
+        }
     }
 }
 
-fn run(rx: Receiver<Request>, stats: &Stats) {
-    let mut logs: HashMap<LogId, QueueLog> = HashMap::new();
+fn run(rx: Receiver<SyncRequest>, stats: &SyncStats) {
     let mut batch = Vec::with_capacity(BATCH_REQUESTS_MAX);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -112,110 +79,36 @@ fn run(rx: Receiver<Request>, stats: &Stats) {
                 Err(_) => break,
             }
         }
-        apply_batch(&mut logs, &mut batch, stats);
-    }
-    for log in logs.values_mut() {
-        if let Err(e) = log.sync() {
-            tracing::error!(error = %e, "final sync of a queue log failed");
-        }
+        sync_batch(&mut batch, stats);
     }
 }
 
-/// Applies a batch, makes it durable, then runs its completions.
-fn apply_batch(logs: &mut HashMap<LogId, QueueLog>, batch: &mut Vec<Request>, stats: &Stats) {
-    let mut after_sync: Vec<(Completion<Position>, LogId, Position)> = Vec::new();
-    let mut dirty: HashMap<LogId, bool> = HashMap::new();
-    for request in batch.drain(..) {
-        match request {
-            Request::Open {
-                id,
-                dir,
-                segment_size_bytes,
-                done,
-            } => match QueueLog::open(&dir, segment_size_bytes) {
-                Ok((log, recovered)) => {
-                    logs.insert(id, log);
-                    done(Ok(recovered));
-                }
-                Err(e) => done(Err(e)),
-            },
-            Request::Append {
-                id,
-                record,
-                durable,
-                done,
-            } => {
-                stats.appends.fetch_add(1, Ordering::Relaxed);
-                let Some(log) = logs.get_mut(&id) else {
-                    if let Some(done) = done {
-                        done(Err(StoreError::Io(std::io::Error::other(format!(
-                            "log {id} is not open"
-                        )))));
-                    }
-                    continue;
-                };
-                match log.append(&record) {
-                    Ok(position) => {
-                        *dirty.entry(id).or_default() |= durable;
-                        if let Some(done) = done {
-                            after_sync.push((done, id, position));
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(done) = done {
-                            done(Err(e));
-                        }
-                    }
-                }
-            }
-            Request::Ack { id, positions } => {
-                if let Some(log) = logs.get_mut(&id) {
-                    for position in positions {
-                        if let Err(e) = log.ack(position) {
-                            tracing::error!(error = %e, log = id, "recording an ack failed");
-                        }
-                    }
-                }
-            }
-            Request::Read { id, position, done } => match logs.get_mut(&id) {
-                Some(log) => done(log.read(position)),
-                None => done(Err(StoreError::Io(std::io::Error::other(format!(
-                    "log {id} is not open"
-                ))))),
-            },
-            Request::Destroy { id } => {
-                if let Some(log) = logs.remove(&id) {
-                    if let Err(e) = log.destroy() {
-                        tracing::error!(error = %e, log = id, "deleting a queue log failed");
-                    }
-                }
-                dirty.remove(&id);
-            }
-            #[cfg(test)]
-            Request::Run(f) => f(),
-        }
-    }
+fn sync_batch(batch: &mut Vec<SyncRequest>, stats: &SyncStats) {
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    let mut failed: HashMap<LogId, String> = HashMap::new();
-    for (id, durable) in dirty {
-        let Some(log) = logs.get_mut(&id) else {
-            continue;
-        };
-        let outcome = if durable {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            log.sync()
-        } else {
-            log.flush()
-        };
-        if let Err(e) = outcome {
-            tracing::error!(error = %e, log = id, "writing a queue log failed");
-            failed.insert(id, e.to_string());
+    stats
+        .requests
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    // One fdatasync per distinct file, whoever asked and however often.
+    let mut outcome: HashMap<*const File, Option<String>> = HashMap::new();
+    for request in batch.iter() {
+        for file in &request.files {
+            outcome.entry(Arc::as_ptr(file)).or_insert_with(|| {
+                stats.fdatasyncs.fetch_add(1, Ordering::Relaxed);
+                file.sync_data().err().map(|e| e.to_string())
+            });
         }
     }
-    for (done, id, position) in after_sync {
-        match failed.get(&id) {
-            None => done(Ok(position)),
-            Some(text) => done(Err(StoreError::Io(std::io::Error::other(text.clone())))),
+    for request in batch.drain(..) {
+        let failure = request
+            .files
+            .iter()
+            .find_map(|f| outcome.get(&Arc::as_ptr(f)).cloned().flatten());
+        match failure {
+            None => (request.done)(Ok(())),
+            Some(text) => {
+                tracing::error!(error = %text, "fdatasync failed");
+                (request.done)(Err(std::io::Error::other(text)));
+            }
         }
     }
 }
@@ -223,97 +116,56 @@ fn apply_batch(logs: &mut HashMap<LogId, QueueLog>, batch: &mut Vec<Request>, st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordKind;
-    use bytes::Bytes;
-
-    fn record(seq: u64) -> Record {
-        Record {
-            kind: RecordKind::Persistent,
-            seq,
-            expiry_ms: 0,
-            exchange: Bytes::new(),
-            routing_key: Bytes::from_static(b"q"),
-            properties: Bytes::new(),
-            body: Bytes::from_static(b"body"),
-        }
-    }
-
-    fn open(storage: &Storage, id: LogId, dir: PathBuf) -> Recovered {
-        let (tx, rx) = mpsc::channel();
-        let done: Completion<Recovered> = Box::new(move |r| tx.send(r).unwrap());
-        storage
-            .send(Request::Open {
-                id,
-                dir,
-                segment_size_bytes: 1 << 20,
-                done,
-            })
-            .unwrap();
-        rx.recv().unwrap().unwrap()
-    }
+    use std::io::Write;
 
     #[test]
-    fn appends_queued_together_share_one_fdatasync_per_log() {
+    fn requests_waiting_together_share_one_fdatasync_per_file() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, thread) = Storage::start();
-        open(&storage, 1, dir.path().join("q1"));
-        open(&storage, 2, dir.path().join("q2"));
-        // Hold the thread so that all appends below land in one batch.
+        let files: Vec<Arc<File>> = (0..2)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        let (syncer, thread) = Syncer::start();
+        // Hold the thread inside a first request so the next 200 queue up behind it.
         let (release, gate) = mpsc::channel::<()>();
-        storage
-            .send(Request::Run(Box::new(move || gate.recv().unwrap())))
-            .unwrap();
+        syncer.sync(Vec::new(), Box::new(move |_| gate.recv().unwrap()));
         let (tx, rx) = mpsc::channel();
-        for seq in 0..200 {
+        for i in 0..200 {
+            (&*files[i % 2]).write_all(b"x").unwrap();
             let tx = tx.clone();
-            let done: Completion<Position> = Box::new(move |r| tx.send(r.is_ok()).unwrap());
-            storage
-                .send(Request::Append {
-                    id: 1 + seq % 2,
-                    record: record(seq),
-                    durable: true,
-                    done: Some(done),
-                })
-                .unwrap();
+            syncer.sync(
+                vec![Arc::clone(&files[i % 2])],
+                Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+            );
         }
-        let syncs_before = storage.stats.syncs.load(Ordering::Relaxed);
         release.send(()).unwrap();
         for _ in 0..200 {
             assert!(rx.recv().unwrap());
         }
         assert_eq!(
-            storage.stats.syncs.load(Ordering::Relaxed) - syncs_before,
+            syncer.stats.fdatasyncs.load(Ordering::Relaxed),
             2,
-            "one per log"
+            "one per file for 200 requests"
         );
-        drop(storage);
+        drop(syncer);
         thread.join().unwrap();
-        let (_, recovered) = QueueLog::open(&dir.path().join("q1"), 1 << 20).unwrap();
-        assert_eq!(recovered.messages.len(), 100);
     }
 
     #[test]
-    fn completion_runs_only_after_the_record_is_readable_from_disk() {
+    fn completion_runs_after_the_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, thread) = Storage::start();
-        open(&storage, 7, dir.path().join("q"));
-        let path = dir.path().join("q");
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let (syncer, thread) = Syncer::start();
         let (tx, rx) = mpsc::channel();
-        let done: Completion<Position> = Box::new(move |r| {
-            // Read the file independently of the log: the bytes must already be there.
-            let scan = crate::segment::scan(&path, 1).unwrap();
-            tx.send((r.is_ok(), scan.records.len())).unwrap();
-        });
-        storage
-            .send(Request::Append {
-                id: 7,
-                record: record(0),
-                durable: true,
-                done: Some(done),
-            })
-            .unwrap();
+        let stats = Arc::clone(&syncer.stats);
+        syncer.sync(
+            vec![file],
+            Box::new(move |r| {
+                tx.send((r.is_ok(), stats.fdatasyncs.load(Ordering::Relaxed)))
+                    .unwrap()
+            }),
+        );
         assert_eq!(rx.recv().unwrap(), (true, 1));
-        drop(storage);
+        drop(syncer);
         thread.join().unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! ferrymq's storage engine: append-only segment logs of CRC-checked records.
 //!
 //! # Layout
-//! - [`commit`]: the storage thread: owns the logs, group commit (one fdatasync per batch).
+//! - [`commit`]: group commit: one thread fdatasyncs the files many queues wrote, then completes.
 //! - [`definitions`]: the log of topology commands, with snapshot compaction.
 //! - [`data_dir`]: the data directory and its lock.
 //! - [`record`]: the message record format (drawn above its encoder) and its decoder.
@@ -9,8 +9,8 @@
 //! - [`queue_log`]: one queue's log: append, flush, sync, read, ack, reclaim, recovery.
 //! - [`error`]: the error type, [`StoreError`].
 //!
-//! The broker does not use this crate yet: wiring it into queues (group commit on a storage
-//! thread, paging, durable definitions) is the next step of the storage work.
+//! Ownership: a queue task owns its [`QueueLog`] (files, positions, acks) and writes to it
+//! directly; the [`Syncer`] thread only makes files durable, batched across queues.
 
 pub mod commit;
 pub mod data_dir;
@@ -20,7 +20,7 @@ pub mod queue_log;
 pub mod record;
 pub mod segment;
 
-pub use commit::{Request, Storage};
+pub use commit::Syncer;
 pub use data_dir::DataDir;
 pub use definitions::DefinitionsLog;
 pub use error::{Result, StoreError};

@@ -157,6 +157,18 @@ impl QueueLog {
         Ok(())
     }
 
+    /// Flushes and hands back the files written since the last sync, for the sync thread
+    /// to make durable (see [`crate::Syncer`]).
+    pub fn flush_for_sync(&mut self) -> Result<Vec<std::sync::Arc<std::fs::File>>> {
+        self.flush()?;
+        let segments = &self.segments;
+        Ok(self
+            .unsynced
+            .drain(..)
+            .filter_map(|number| segments.get(&number).map(Segment::file))
+            .collect())
+    }
+
     pub fn read(&mut self, position: Position) -> Result<Record> {
         if position.segment == self.last_mut().number {
             self.flush()?;
@@ -331,6 +343,23 @@ mod tests {
         let (_, recovered) = QueueLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(seqs(&recovered), vec![0, 1, 3, 4]);
         assert_eq!(recovered.corrupt_records, 1);
+    }
+
+    #[test]
+    fn flush_for_sync_hands_out_each_written_segment_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = QueueLog::open(dir.path(), 100).unwrap();
+        for seq in 0..4 {
+            log.append(&record(seq, RecordKind::Persistent, 40))
+                .unwrap();
+        }
+        let files = log.flush_for_sync().unwrap();
+        assert_eq!(
+            files.len(),
+            log.segment_count(),
+            "every segment was written"
+        );
+        assert!(log.flush_for_sync().unwrap().is_empty());
     }
 
     #[test]

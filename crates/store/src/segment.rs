@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -54,7 +55,8 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 #[derive(Debug)]
 pub struct Segment {
     pub number: u64,
-    file: File,
+    /// Shared with the sync thread, which fdatasyncs it after writes.
+    file: Arc<File>,
     acks: Option<File>,
     /// Bytes of whole records in the file.
     pub len_bytes: u64,
@@ -74,7 +76,7 @@ impl Segment {
             .open(segment_path(dir, number))?;
         Ok(Segment {
             number,
-            file,
+            file: Arc::new(file),
             acks: None,
             len_bytes: 0,
             records: 0,
@@ -90,7 +92,7 @@ impl Segment {
         let len_bytes = file.metadata()?.len();
         Ok(Segment {
             number,
-            file,
+            file: Arc::new(file),
             acks: None,
             len_bytes,
             records: 0,
@@ -104,6 +106,10 @@ impl Segment {
         self.len_bytes += encoded.len() as u64;
         self.records += records;
         Ok(())
+    }
+
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
 
     pub fn sync(&self) -> Result<()> {
