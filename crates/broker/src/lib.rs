@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`broker`]: the root object: vhosts and users.
 //! - [`vhost`]: one namespace: declare/delete, bindings, routing of a publish to queues.
+//! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;
