@@ -78,6 +78,12 @@ settings! {
     client_window_bytes ("FERRYMQ_CLIENT_WINDOW_BYTES"): u64 = 16 * 1024 * 1024,
     /// How long shutdown waits for connections to close.
     shutdown_timeout_ms ("FERRYMQ_SHUTDOWN_TIMEOUT_MS"): u64 = 5_000,
+    /// Size at which a queue's segment file is closed and a new one started.
+    segment_size_bytes ("FERRYMQ_SEGMENT_SIZE_BYTES"): u64 = 32 * 1024 * 1024,
+    /// Resident memory at which publishers are blocked; 0 = 40% of physical memory (RabbitMQ's default).
+    memory_high_watermark_bytes ("FERRYMQ_MEMORY_HIGH_WATERMARK_BYTES"): u64 = 0,
+    /// Free disk below which publishers are blocked; 0 = three segments.
+    disk_free_limit_bytes ("FERRYMQ_DISK_FREE_LIMIT_BYTES"): u64 = 0,
     /// Vhost created at start when the file declares none.
     default_vhost ("FERRYMQ_DEFAULT_VHOST"): String = "/".to_string(),
     /// User created at start when the file declares none (only from loopback if "guest").
@@ -134,6 +140,22 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The alarm limits, with the automatic defaults resolved.
+    pub fn alarm_limits(&self) -> crate::alarm::Limits {
+        let memory = match self.memory_high_watermark_bytes {
+            0 => crate::alarm::total_memory_bytes().map_or(0, |total| total / 10 * 4),
+            explicit => explicit,
+        };
+        let disk = match self.disk_free_limit_bytes {
+            0 => self.segment_size_bytes.saturating_mul(3),
+            explicit => explicit,
+        };
+        crate::alarm::Limits {
+            memory_high_watermark_bytes: memory,
+            disk_free_limit_bytes: disk,
+        }
     }
 
     /// Defaults with the listener on an ephemeral loopback port: for tests.
