@@ -6,7 +6,7 @@ use ferrymq_wire::{
     ExchangeBind, ExchangeBindOk, ExchangeDeclare, ExchangeDeclareOk, ExchangeDelete,
     ExchangeDeleteOk, ExchangeUnbind, ExchangeUnbindOk, Method, QueueBind, QueueBindOk,
     QueueDeclare, QueueDeclareOk, QueueDelete, QueueDeleteOk, QueuePurge, QueuePurgeOk,
-    QueueUnbind, QueueUnbindOk,
+    QueueUnbind, QueueUnbindOk, ShortStr,
 };
 
 use super::Session;
@@ -129,13 +129,7 @@ impl Session {
     pub(super) fn queue_bind(&mut self, id: u16, m: QueueBind) -> AmqpResult {
         let ids = (QueueBind::CLASS_ID, QueueBind::METHOD_ID);
         let fail = |e| AmqpError::from_broker(e, ids);
-        let name = self.channel(id).queue_name(&m.queue, ids)?;
-        // AMQP: with both the queue and the key empty, the key is the last queue's name.
-        let routing_key = if m.queue.is_empty() && m.routing_key.is_empty() {
-            name.clone()
-        } else {
-            m.routing_key
-        };
+        let (name, routing_key) = self.binding_shortcuts(id, &m.queue, m.routing_key, ids)?;
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
         let source = self.vhost.exchange_or_404(&m.exchange).map_err(fail)?;
@@ -151,7 +145,7 @@ impl Session {
     pub(super) fn queue_unbind(&mut self, id: u16, m: QueueUnbind) -> AmqpResult {
         let ids = (QueueUnbind::CLASS_ID, QueueUnbind::METHOD_ID);
         let fail = |e| AmqpError::from_broker(e, ids);
-        let name = self.channel(id).queue_name(&m.queue, ids)?;
+        let (name, routing_key) = self.binding_shortcuts(id, &m.queue, m.routing_key, ids)?;
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
         let source = self.vhost.exchange_or_404(&m.exchange).map_err(fail)?;
@@ -159,13 +153,33 @@ impl Session {
             .unbind(
                 &source,
                 &Destination::Queue(queue),
-                &m.routing_key,
+                &routing_key,
                 &m.arguments,
             )
             .map_err(fail)?;
         self.outbox
             .method(id, &Method::QueueUnbindOk(QueueUnbindOk));
         Ok(())
+    }
+
+    /// Expands the "" shortcuts of queue.bind and queue.unbind alike: "" names the channel's
+    /// last declared queue, and with both the queue and the key empty the key is that queue's
+    /// name (rabbit_channel:expand_shortcuts treats both methods the same way; expanding only
+    /// on bind made the matching unbind miss its binding).
+    fn binding_shortcuts(
+        &mut self,
+        id: u16,
+        queue: &ShortStr,
+        routing_key: ShortStr,
+        ids: (u16, u16),
+    ) -> AmqpResult<(ShortStr, ShortStr)> {
+        let name = self.channel(id).queue_name(queue, ids)?;
+        let routing_key = if queue.is_empty() && routing_key.is_empty() {
+            name.clone()
+        } else {
+            routing_key
+        };
+        Ok((name, routing_key))
     }
 
     pub(super) async fn queue_purge(&mut self, id: u16, m: QueuePurge) -> AmqpResult {

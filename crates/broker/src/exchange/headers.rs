@@ -8,7 +8,30 @@
 
 use ferrymq_wire::{FieldTable, FieldValue};
 
-use super::Destination;
+use super::{field_type_name, Destination};
+use crate::error::{BrokerError, Result};
+
+/// Refuses a binding whose `x-match` is not one of the four modes, as RabbitMQ's
+/// `validate_binding` does (binding_invalid → 406 PRECONDITION_FAILED); otherwise a typo
+/// such as `x-match: "al"` would silently route as `all`.
+pub fn validate_binding(arguments: &FieldTable) -> Result<()> {
+    match arguments.get("x-match") {
+        None => Ok(()),
+        Some(v) => match v.as_str() {
+            Some("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            Some(other) => Err(BrokerError::precondition_failed(format!(
+                "Invalid x-match field value <<\"{other}\">>; expected all, any, all-with-x, or any-with-x"
+            ))),
+            None => {
+                let shown = v.as_i64().map_or_else(|| format!("{v:?}"), |n| n.to_string());
+                Err(BrokerError::precondition_failed(format!(
+                    "Invalid x-match field type {} (value {shown}); expected longstr",
+                    field_type_name(v)
+                )))
+            }
+        },
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MatchMode {
@@ -169,6 +192,22 @@ mod tests {
         let args = table(&[("n", FieldValue::I32(5))]);
         assert!(matches(&args, Some(&table(&[("n", FieldValue::I64(5))]))));
         assert!(!matches(&args, Some(&table(&[("n", FieldValue::I64(6))]))));
+    }
+
+    #[test]
+    fn only_the_four_x_match_modes_are_valid() {
+        for mode in ["all", "any", "all-with-x", "any-with-x"] {
+            assert!(validate_binding(&table(&[("x-match", s(mode))])).is_ok());
+        }
+        assert!(validate_binding(&table(&[("a", s("1"))])).is_ok());
+        let typo = validate_binding(&table(&[("x-match", s("al"))])).unwrap_err();
+        assert_eq!(typo.code, crate::error::code::PRECONDITION_FAILED);
+        assert!(typo.text.starts_with("Invalid x-match field value"));
+        let typed = validate_binding(&table(&[("x-match", FieldValue::I32(1))])).unwrap_err();
+        assert_eq!(
+            typed.text,
+            "Invalid x-match field type signedint (value 1); expected longstr"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ferrymq_wire::{FieldTable, ShortStr};
+use ferrymq_wire::{FieldTable, FieldValue, ShortStr};
 use parking_lot::RwLock;
 
 use crate::error::{BrokerError, Result};
@@ -181,6 +181,15 @@ impl Exchange {
         }
     }
 
+    /// Checks a new binding's arguments against the exchange type's rules, before anything
+    /// changes (RabbitMQ's `validate_binding` callback).
+    pub fn validate_binding(&self, arguments: &FieldTable) -> Result<()> {
+        match self.config.kind {
+            ExchangeType::Headers => headers::validate_binding(arguments),
+            ExchangeType::Direct | ExchangeType::Fanout | ExchangeType::Topic => Ok(()),
+        }
+    }
+
     pub fn kind(&self) -> ExchangeType {
         self.config.kind
     }
@@ -199,5 +208,28 @@ impl Exchange {
 
     pub(crate) fn routes(&self) -> &RwLock<Routes> {
         &self.routes
+    }
+}
+
+/// RabbitMQ's names for field types, as its error messages print them.
+pub(crate) fn field_type_name(value: &FieldValue) -> &'static str {
+    match value {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal { .. } => "decimal",
+        FieldValue::LongStr(_) => "longstr",
+        FieldValue::Bytes(_) => "binary",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
     }
 }

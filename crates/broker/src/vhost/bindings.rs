@@ -60,6 +60,7 @@ impl VHost {
         arguments: FieldTable,
     ) -> Result<()> {
         check_not_default(source, &destination)?;
+        source.validate_binding(&arguments)?;
         let mut defs = self.definitions.lock();
         if source.is_deleted() {
             return Err(BrokerError::no_exchange(&source.name, &self.name));

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use ferrymq_wire::ShortStr;
+use ferrymq_wire::{FieldValue, ShortStr};
 
 use super::bindings::{Definitions, DestinationName};
 use super::equivalence::{check_exchange_equivalence, check_queue_equivalence};
 use super::VHost;
 use crate::client::ClientId;
 use crate::error::{BrokerError, Result};
-use crate::exchange::{Exchange, ExchangeConfig};
+use crate::exchange::{field_type_name, Exchange, ExchangeConfig};
 use crate::queue::{QueueConfig, QueueCounts, QueueHandle};
 
 /// Names starting with this are the broker's own (RabbitMQ reserves them too).
@@ -46,11 +46,28 @@ impl VHost {
             return Ok(existing);
         }
         check_name("exchange", name)?;
+        self.check_alternate_type(name, &config)?;
         let exchange = Arc::new(Exchange::new(name.clone(), config));
         self.exchanges
             .write()
             .insert(name.clone(), Arc::clone(&exchange));
         Ok(exchange)
+    }
+
+    /// An `alternate-exchange` argument must name an exchange (a longstr); RabbitMQ checks it
+    /// on creation only (rabbit_misc:r_arg), and ignoring a mistyped one would silently drop
+    /// the unroutable messages it was meant to catch.
+    fn check_alternate_type(&self, name: &str, config: &ExchangeConfig) -> Result<()> {
+        match config.arguments.get("alternate-exchange") {
+            Some(value) if !matches!(value, FieldValue::LongStr(_)) => {
+                Err(BrokerError::precondition_failed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in vhost '{}'",
+                    field_type_name(value),
+                    self.name
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// exchange.delete. Deleting an exchange that does not exist is not an error (RabbitMQ).
