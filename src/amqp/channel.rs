@@ -54,6 +54,10 @@ pub struct Unacked {
     pub msg_id: u64,
     /// From a consumer (holds channel prefetch credit), not from basic.get.
     pub from_consumer: bool,
+    /// Settled inside the open transaction: applied at tx.commit, forgotten at rollback.
+    /// Until then the delivery stays here (so a closing channel still requeues it) but
+    /// counts as settled for later acks, as RabbitMQ collects acks when they arrive.
+    pub in_tx: Option<SettleKind>,
 }
 
 /// Publisher confirms: which sequence numbers still wait for their queues.
@@ -125,11 +129,11 @@ impl Confirms {
     }
 }
 
-/// What a transaction holds until tx.commit.
+/// What a transaction holds until tx.commit. Its acks, nacks and rejects are marks on the
+/// channel's unacked deliveries ([`Unacked::in_tx`]).
 #[derive(Default)]
 pub struct Transaction {
     pub publishes: Vec<(Arc<Exchange>, BasicPublish, Message)>,
-    pub settles: Vec<(u64, bool, SettleKind)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,27 +192,88 @@ impl Channel {
     }
 
     /// Removes the deliveries an ack/nack/reject names: `multiple` takes every tag up to
-    /// and including `tag` (0 = all). An unknown tag is a 406, as in RabbitMQ.
+    /// and including `tag` (0 = all). The named tag itself must be outstanding, with or
+    /// without `multiple`: RabbitMQ's `collect_acks` walks the unacked queue until it finds
+    /// exactly that tag and fails with 406 "unknown delivery tag" when it does not, even if
+    /// lower tags are outstanding (a multiple ack repeating an acked tag is a client bug).
     pub fn take_unacked(
         &mut self,
         tag: u64,
         multiple: bool,
         method: (u16, u16),
     ) -> AmqpResult<Vec<Unacked>> {
-        if multiple {
-            let end = if tag == 0 {
-                self.unacked.len()
-            } else {
-                self.unacked.partition_point(|u| u.delivery_tag <= tag)
-            };
-            if end == 0 && tag != 0 {
-                return Err(unknown_tag(tag, method));
-            }
-            return Ok(self.unacked.drain(..end).collect());
+        debug_assert!(
+            self.unacked.iter().all(|u| u.in_tx.is_none()),
+            "settled at once only outside transactions"
+        );
+        if multiple && tag == 0 {
+            return Ok(self.unacked.drain(..).collect());
         }
+        let at = self.find_unsettled(tag, method)?;
+        if multiple {
+            return Ok(self.unacked.drain(..=at).collect());
+        }
+        Ok(self.unacked.remove(at).into_iter().collect())
+    }
+
+    /// The transactional twin of [`Self::take_unacked`]: marks the deliveries named, with
+    /// the same rules, for tx.commit. Deliveries marked already count as settled.
+    pub fn mark_unacked(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        kind: SettleKind,
+        method: (u16, u16),
+    ) -> AmqpResult {
+        let end = if multiple && tag == 0 {
+            self.unacked.len()
+        } else {
+            self.find_unsettled(tag, method)? + 1
+        };
+        let first = if multiple { 0 } else { end - 1 };
+        for unacked in self.unacked.range_mut(first..end) {
+            unacked.in_tx.get_or_insert(kind);
+        }
+        Ok(())
+    }
+
+    /// tx.commit: removes the marked deliveries, grouped by what was decided, in tag order.
+    pub fn take_marked(&mut self) -> Vec<(SettleKind, Vec<Unacked>)> {
+        let mut groups: Vec<(SettleKind, Vec<Unacked>)> = Vec::new();
+        let (marked, kept): (VecDeque<Unacked>, VecDeque<Unacked>) =
+            self.unacked.drain(..).partition(|u| u.in_tx.is_some());
+        self.unacked = kept;
+        for unacked in marked {
+            let kind = unacked.in_tx.expect("partitioned on in_tx");
+            match groups.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, list)) => list.push(unacked),
+                None => groups.push((kind, vec![unacked])),
+            }
+        }
+        groups
+    }
+
+    /// tx.rollback: the transaction's acks are forgotten; the deliveries stay unacked.
+    pub fn unmark_all(&mut self) {
+        for unacked in &mut self.unacked {
+            unacked.in_tx = None;
+        }
+    }
+
+    /// Removes the deliveries not settled in the open transaction (basic.recover).
+    pub fn take_unsettled(&mut self) -> Vec<Unacked> {
+        let (unsettled, marked): (VecDeque<Unacked>, VecDeque<Unacked>) =
+            self.unacked.drain(..).partition(|u| u.in_tx.is_none());
+        self.unacked = marked;
+        unsettled.into()
+    }
+
+    /// Where `tag` is among the outstanding deliveries; 406 when it is not there or was
+    /// settled in the open transaction already.
+    fn find_unsettled(&self, tag: u64, method: (u16, u16)) -> AmqpResult<usize> {
         match self.unacked.binary_search_by_key(&tag, |u| u.delivery_tag) {
-            Ok(at) => Ok(self.unacked.remove(at).into_iter().collect()),
-            Err(_) => Err(unknown_tag(tag, method)),
+            Ok(at) if self.unacked[at].in_tx.is_none() => Ok(at),
+            _ => Err(unknown_tag(tag, method)),
         }
     }
 

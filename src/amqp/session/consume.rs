@@ -26,6 +26,9 @@ impl Session {
         let channel = self.channel(id);
         if m.global {
             channel.credit.set_limit(u32::from(m.prefetch_count));
+            // A new channel limit applies at once (rabbit_limiter:limit_prefetch): queues
+            // parked on the old, lower limit must try again.
+            self.try_wake_channel_queues(id);
         } else {
             channel.consumer_prefetch = u32::from(m.prefetch_count);
         }
@@ -136,6 +139,7 @@ impl Session {
                 queue: Arc::clone(&delivery.queue),
                 msg_id: delivery.msg_id,
                 from_consumer: true,
+                in_tx: None,
             });
         }
         let message = &delivery.message;
@@ -191,6 +195,7 @@ impl Session {
                 queue,
                 msg_id: got.msg_id,
                 from_consumer: false,
+                in_tx: None,
             });
         }
         let ok = BasicGetOk {
@@ -217,20 +222,9 @@ impl Session {
     ) -> AmqpResult {
         let channel = self.channel(id);
         if channel.tx.is_some() {
-            // Validate now so a bad tag fails the ack, not the commit.
-            let known =
-                (tag == 0 && multiple) || channel.unacked.iter().any(|u| u.delivery_tag == tag);
-            if !known {
-                return Err(AmqpError::channel(
-                    code::PRECONDITION_FAILED,
-                    format!("unknown delivery tag {tag}"),
-                    ids,
-                ));
-            }
-            if let Some(tx) = channel.tx.as_mut() {
-                tx.settles.push((tag, multiple, kind));
-            }
-            return Ok(());
+            // Checked and collected now, as RabbitMQ does: a bad tag fails the ack, not
+            // the commit, and a second ack of the same tag is unknown.
+            return channel.mark_unacked(tag, multiple, kind, ids);
         }
         self.settle_now(id, tag, multiple, kind, ids).await
     }
@@ -264,7 +258,8 @@ impl Session {
                 ids,
             ));
         }
-        let taken: Vec<Unacked> = self.channel(id).unacked.drain(..).collect();
+        // Deliveries acked in an open transaction are settled as far as recover goes.
+        let taken: Vec<Unacked> = self.channel(id).take_unsettled();
         self.send_settles(id, taken, SettleKind::Requeue).await;
         if reply {
             self.outbox
@@ -280,6 +275,17 @@ impl Session {
         dedup_queues(&mut queues);
         for queue in queues {
             queue.send(QueueCmd::Wake).await;
+        }
+    }
+
+    /// Like [`Self::wake_channel_queues`] without waiting for mailbox room: Wake is
+    /// idempotent and a full mailbox dispatches when drained anyway.
+    fn try_wake_channel_queues(&mut self, id: u16) {
+        let mut queues: Vec<Arc<QueueHandle>> =
+            self.channel(id).consumers.values().cloned().collect();
+        dedup_queues(&mut queues);
+        for queue in queues {
+            let _ = queue.try_send(QueueCmd::Wake);
         }
     }
 

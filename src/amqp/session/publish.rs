@@ -271,13 +271,13 @@ impl Session {
         let Some(tx) = self.channel(id).tx.as_mut() else {
             return Err(not_transactional(ids));
         };
-        let Transaction { publishes, settles } = std::mem::take(tx);
+        let Transaction { publishes } = std::mem::take(tx);
         for (exchange, method, message) in publishes {
             self.route_and_enqueue(id, &exchange, &method, message)
                 .await;
         }
-        for (tag, multiple, kind) in settles {
-            self.settle_now(id, tag, multiple, kind, ids).await?;
+        for (kind, taken) in self.channel(id).take_marked() {
+            self.send_settles(id, taken, kind).await;
         }
         self.outbox.method(id, &Method::TxCommitOk(TxCommitOk));
         Ok(())
@@ -288,6 +288,7 @@ impl Session {
             return Err(not_transactional(ids));
         };
         *tx = Transaction::default();
+        self.channel(id).unmark_all();
         self.outbox.method(id, &Method::TxRollbackOk(TxRollbackOk));
         Ok(())
     }

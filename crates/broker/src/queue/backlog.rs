@@ -41,30 +41,23 @@ impl Backlog {
         self.requeued.insert(entry.id, entry);
     }
 
-    pub fn peek(&self) -> Option<&Entry> {
-        match (self.fresh.front(), self.requeued.first_key_value()) {
-            (Some(fresh), Some((&id, requeued))) => {
-                Some(if id < fresh.id { requeued } else { fresh })
-            }
-            (Some(fresh), None) => Some(fresh),
-            (None, Some((_, requeued))) => Some(requeued),
-            (None, None) => None,
-        }
-    }
-
     pub fn pop(&mut self) -> Option<Entry> {
-        let take_requeued = match (self.fresh.front(), self.requeued.first_key_value()) {
-            (Some(fresh), Some((&id, _))) => id < fresh.id,
-            (None, Some(_)) => true,
-            (_, None) => false,
-        };
-        let entry = if take_requeued {
+        let entry = if self.requeued_is_older() {
             self.requeued.pop_first().map(|(_, entry)| entry)
         } else {
             self.fresh.pop_front()
         }?;
         self.bytes -= entry.message.body_size();
         Some(entry)
+    }
+
+    /// Whether the next message is a requeued one: the two heads compete by id.
+    fn requeued_is_older(&self) -> bool {
+        match (self.fresh.front(), self.requeued.first_key_value()) {
+            (Some(fresh), Some((&id, _))) => id < fresh.id,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -75,6 +68,8 @@ impl Backlog {
         self.len() == 0
     }
 
+    /// Body bytes of the ready messages; kept for the x-max-length-bytes limit.
+    #[allow(dead_code)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -138,6 +133,6 @@ mod tests {
         assert_eq!(backlog.bytes(), 3);
         assert_eq!(backlog.clear(), 1);
         assert_eq!(backlog.bytes(), 0);
-        assert!(backlog.peek().is_none());
+        assert!(backlog.pop().is_none());
     }
 }

@@ -1,0 +1,797 @@
+//! Publisher confirms and transactions over real TCP. RabbitMQ's behaviour is the
+//! reference (rabbit_channel.erl, rabbitmq.com/docs/confirms); each test names the rule.
+//!
+//! Confirm frames are checked with a raw client (module `raw` below, over `ferrymq_wire`)
+//! so that every basic.ack, its `multiple` flag and its position relative to basic.return
+//! are visible; lapin covers the same features as an application sees them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use common::TestBroker;
+use ferrymq_wire::Method;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use tokio::time::timeout;
+
+/// Every single step of a test must finish within this; a hang fails fast.
+const STEP: Duration = Duration::from_secs(5);
+/// How long we wait to be confident that a frame which must not come does not come.
+const QUIET: Duration = Duration::from_millis(200);
+
+async fn within<F: Future>(future: F) -> F::Output {
+    timeout(STEP, future).await.expect("step timed out")
+}
+
+fn s(value: &str) -> ShortString {
+    value.into()
+}
+
+/// The reply code of an AMQP error (channel.close / connection.close) seen by lapin.
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+async fn channel(conn: &Connection) -> Channel {
+    within(conn.create_channel()).await.expect("channel.open")
+}
+
+async fn declare(ch: &Channel, queue: &str) {
+    within(ch.queue_declare(
+        s(queue),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue.declare");
+}
+
+/// Ready messages, by a passive declare; also a barrier for earlier publishes.
+async fn ready(ch: &Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare(s(queue), options, FieldTable::default()))
+        .await
+        .expect("passive queue.declare")
+        .message_count()
+}
+
+async fn publish(ch: &Channel, queue: &str, body: &str) {
+    within(ch.basic_publish(
+        s(""),
+        s(queue),
+        BasicPublishOptions::default(),
+        body.as_bytes(),
+        BasicProperties::default(),
+    ))
+    .await
+    .expect("basic.publish");
+}
+
+async fn get(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
+    within(ch.basic_get(s(queue), BasicGetOptions { no_ack }))
+        .await
+        .expect("basic.get")
+}
+
+async fn get_body(ch: &Channel, queue: &str) -> Option<String> {
+    get(ch, queue, true)
+        .await
+        .map(|m| String::from_utf8(m.delivery.data).unwrap())
+}
+
+fn consume_method(queue: &str, tag: &str, no_ack: bool) -> Method {
+    Method::BasicConsume(ferrymq_wire::BasicConsume {
+        queue: queue.to_string().into(),
+        consumer_tag: tag.to_string().into(),
+        no_ack,
+        ..Default::default()
+    })
+}
+
+/// Records confirms as they arrive: each sequence number must be settled exactly once, and
+/// a `multiple` ack settles everything unsettled up to its tag.
+#[derive(Default)]
+struct ConfirmLog {
+    acked: BTreeSet<u64>,
+    published: u64,
+}
+
+impl ConfirmLog {
+    fn ack(&mut self, tag: u64, multiple: bool) {
+        assert!(
+            tag >= 1 && tag <= self.published,
+            "ack for unknown seq {tag}"
+        );
+        if multiple {
+            let newly: Vec<u64> = (1..=tag).filter(|t| !self.acked.contains(t)).collect();
+            assert!(!newly.is_empty(), "multiple ack {tag} settles nothing new");
+            self.acked.extend(newly);
+        } else {
+            assert!(self.acked.insert(tag), "seq {tag} acked twice");
+        }
+    }
+
+    fn all_acked(&self) -> bool {
+        self.acked.len() as u64 == self.published
+    }
+}
+
+/// Reads frames until every publish is acked, then checks that nothing else arrives.
+async fn collect_confirms(raw: &mut raw::Raw, log: &mut ConfirmLog) {
+    while !log.all_acked() {
+        match raw.recv_method().await {
+            (1, Method::BasicAck(ack)) => log.ack(ack.delivery_tag, ack.multiple),
+            other => panic!("expected basic.ack, got {other:?}"),
+        }
+    }
+    raw.assert_quiet().await;
+}
+
+async fn raw_confirm_channel(broker: &TestBroker) -> raw::Raw {
+    let mut raw = raw::Raw::open(broker).await;
+    raw.send(
+        1,
+        Method::ConfirmSelect(ferrymq_wire::ConfirmSelect { nowait: false }),
+    )
+    .await;
+    match raw.recv_method().await {
+        (1, Method::ConfirmSelectOk(_)) => {}
+        other => panic!("expected confirm.select-ok, got {other:?}"),
+    }
+    raw
+}
+
+// ---------------------------------------------------------------------------------------
+// publisher confirms
+
+#[tokio::test]
+async fn every_publish_is_acked_exactly_once() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw_confirm_channel(&broker).await;
+    raw.declare_queue(1, "q").await;
+    let mut log = ConfirmLog::default();
+    // Sequence numbers start at 1 on confirm.select and count every basic.publish.
+    for i in 0..1_000 {
+        raw.publish(1, "", "q", false, format!("m{i}").as_bytes())
+            .await;
+        log.published += 1;
+    }
+    collect_confirms(&mut raw, &mut log).await;
+    let conn = common::lapin(&broker).await;
+    assert_eq!(ready(&channel(&conn).await, "q").await, 1_000);
+}
+
+#[tokio::test]
+async fn unroutable_publish_is_acked() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw_confirm_channel(&broker).await;
+    raw.publish(1, "amq.direct", "nowhere", false, b"x").await;
+    // rabbitmq.com/docs/confirms: "For unroutable messages, the broker will issue a
+    // confirm once the exchange verifies a message won't route to any queue".
+    match raw.recv_method().await {
+        // RabbitMQ's coalesce_and_send marks an ack `multiple` whenever nothing below it
+        // is unconfirmed, even for a single message; either flag settles exactly seq 1.
+        (1, Method::BasicAck(ack)) => assert_eq!(ack.delivery_tag, 1),
+        other => panic!("expected basic.ack, got {other:?}"),
+    }
+    raw.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_publish_is_returned_before_it_is_acked() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw_confirm_channel(&broker).await;
+    raw.publish(1, "amq.direct", "nowhere", true, b"back").await;
+    // "basic.return is sent to the client before basic.ack" (rabbitmq.com confirms).
+    match raw.recv_method().await {
+        (1, Method::BasicReturn(ret)) => {
+            assert_eq!(ret.reply_code, 312);
+            assert_eq!(ret.reply_text.as_str(), "NO_ROUTE");
+            assert_eq!(ret.exchange.as_str(), "amq.direct");
+            assert_eq!(ret.routing_key.as_str(), "nowhere");
+        }
+        other => panic!("expected basic.return, got {other:?}"),
+    }
+    assert_eq!(raw.content().await, b"back");
+    match raw.recv_method().await {
+        (1, Method::BasicAck(ack)) => assert_eq!(ack.delivery_tag, 1),
+        other => panic!("expected basic.ack, got {other:?}"),
+    }
+    raw.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn publishes_fanned_out_to_three_queues_are_acked_once() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw_confirm_channel(&broker).await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    within(ch.exchange_declare(
+        s("fan"),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    for q in ["q1", "q2", "q3"] {
+        declare(&ch, q).await;
+        within(ch.queue_bind(
+            s(q),
+            s("fan"),
+            s(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut log = ConfirmLog::default();
+    for i in 0..300 {
+        raw.publish(1, "fan", "", false, format!("m{i}").as_bytes())
+            .await;
+        log.published += 1;
+    }
+    // A message is confirmed when every queue it was routed to has it: one ack per
+    // publish, never one per queue.
+    collect_confirms(&mut raw, &mut log).await;
+    for q in ["q1", "q2", "q3"] {
+        assert_eq!(ready(&ch, q).await, 300);
+    }
+}
+
+#[tokio::test]
+async fn mixed_routable_and_unroutable_publishes_are_all_acked_in_one_sequence() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw_confirm_channel(&broker).await;
+    raw.declare_queue(1, "q").await;
+    let mut log = ConfirmLog::default();
+    for i in 0..200 {
+        let key = if i % 3 == 0 { "nowhere" } else { "q" };
+        raw.publish(1, "", key, false, b"x").await;
+        log.published += 1;
+    }
+    collect_confirms(&mut raw, &mut log).await;
+}
+
+#[tokio::test]
+async fn lapin_sees_every_publish_confirmed() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    declare(&ch, "q").await;
+    let mut pending = Vec::new();
+    for i in 0..500 {
+        let confirm = within(ch.basic_publish(
+            s(""),
+            s("q"),
+            BasicPublishOptions::default(),
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+        pending.push(confirm);
+    }
+    for confirm in pending {
+        let confirmation = within(confirm).await.unwrap();
+        assert!(
+            matches!(confirmation, Confirmation::Ack(None)),
+            "{confirmation:?}"
+        );
+    }
+    // Mandatory and unroutable: acked, carrying the returned message.
+    let confirm = within(ch.basic_publish(
+        s("amq.direct"),
+        s("nowhere"),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"back",
+        BasicProperties::default(),
+    ))
+    .await
+    .unwrap();
+    match within(confirm).await.unwrap() {
+        Confirmation::Ack(Some(returned)) => {
+            assert_eq!(returned.data, b"back");
+            assert_eq!(returned.reply_code, 312);
+        }
+        other => panic!("expected an ack with the returned message, got {other:?}"),
+    }
+    assert_eq!(ready(&ch, "q").await, 500);
+}
+
+#[tokio::test]
+async fn confirm_select_on_a_transactional_channel_is_406() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    within(ch.tx_select()).await.unwrap();
+    // rabbit_channel: precondition_failed("cannot switch from tx to confirm mode").
+    let err = within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect_err("refused");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
+}
+
+#[tokio::test]
+async fn tx_select_on_a_confirm_channel_is_406() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    // rabbit_channel: precondition_failed("cannot switch from confirm to tx mode").
+    let err = within(ch.tx_select()).await.expect_err("refused");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
+    // A channel error only: the connection goes on.
+    let ch = channel(&conn).await;
+    declare(&ch, "still-works").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// transactions
+
+#[tokio::test]
+async fn transactional_publishes_are_invisible_until_commit() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let observer = channel(&conn).await;
+    declare(&observer, "q").await;
+    let tx = channel(&conn).await;
+    within(tx.tx_select()).await.unwrap();
+    for i in 0..3 {
+        publish(&tx, "q", &format!("m{i}")).await;
+    }
+    ready(&tx, "q").await;
+    assert_eq!(ready(&observer, "q").await, 0);
+    within(tx.tx_commit()).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 3);
+    for i in 0..3 {
+        assert_eq!(get_body(&observer, "q").await, Some(format!("m{i}")));
+    }
+    // After a commit a new transaction starts at once: the channel stays transactional.
+    publish(&tx, "q", "m3").await;
+    assert_eq!(ready(&observer, "q").await, 0);
+    within(tx.tx_commit()).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 1);
+}
+
+#[tokio::test]
+async fn rollback_discards_transactional_publishes() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "q").await;
+    within(ch.tx_select()).await.unwrap();
+    publish(&ch, "q", "dropped").await;
+    within(ch.tx_rollback()).await.unwrap();
+    publish(&ch, "q", "kept").await;
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(ready(&ch, "q").await, 1);
+    assert_eq!(get_body(&ch, "q").await.as_deref(), Some("kept"));
+}
+
+#[tokio::test]
+async fn uncommitted_publishes_are_dropped_when_the_channel_closes() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = channel(&conn).await;
+    declare(&ch, "q").await;
+    let tx = channel(&conn).await;
+    within(tx.tx_select()).await.unwrap();
+    publish(&tx, "q", "never").await;
+    within(tx.close(200, s("bye"))).await.unwrap();
+    assert_eq!(ready(&ch, "q").await, 0);
+}
+
+/// Two messages fetched with acks on a transactional channel.
+async fn two_unacked_in_a_tx(conn: &Connection) -> (Channel, Channel, Vec<u64>) {
+    let observer = channel(conn).await;
+    declare(&observer, "q").await;
+    publish(&observer, "q", "m0").await;
+    publish(&observer, "q", "m1").await;
+    ready(&observer, "q").await;
+    let tx = channel(conn).await;
+    within(tx.tx_select()).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        tags.push(get(&tx, "q", false).await.unwrap().delivery.delivery_tag);
+    }
+    (observer, tx, tags)
+}
+
+#[tokio::test]
+async fn acks_in_a_transaction_take_effect_at_commit() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let (observer, tx, tags) = two_unacked_in_a_tx(&conn).await;
+    within(tx.basic_ack(tags[0], BasicAckOptions::default()))
+        .await
+        .unwrap();
+    within(tx.tx_commit()).await.unwrap();
+    // m0 is acked for good; m1 was never acked and comes back when the channel closes.
+    within(tx.close(200, s("bye"))).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 1);
+    assert_eq!(get_body(&observer, "q").await.as_deref(), Some("m1"));
+}
+
+#[tokio::test]
+async fn rolled_back_acks_leave_the_messages_unacked() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let (observer, tx, tags) = two_unacked_in_a_tx(&conn).await;
+    within(tx.basic_ack(tags[1], BasicAckOptions { multiple: true }))
+        .await
+        .unwrap();
+    within(tx.tx_rollback()).await.unwrap();
+    // rabbit_channel tx.rollback puts the acked tags back into the unacked queue: they can
+    // be acked again, and the rest stays unacked.
+    within(tx.basic_ack(tags[0], BasicAckOptions::default()))
+        .await
+        .unwrap();
+    within(tx.tx_commit()).await.unwrap();
+    within(tx.close(200, s("bye"))).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 1);
+    let back = get(&observer, "q", true).await.unwrap();
+    assert_eq!(back.delivery.data, b"m1");
+    assert!(back.delivery.redelivered);
+}
+
+#[tokio::test]
+async fn uncommitted_acks_are_forgotten_when_the_channel_closes() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let (observer, tx, tags) = two_unacked_in_a_tx(&conn).await;
+    within(tx.basic_ack(0, BasicAckOptions { multiple: true }))
+        .await
+        .unwrap();
+    let _ = tags;
+    within(tx.close(200, s("bye"))).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 2);
+}
+
+#[tokio::test]
+async fn nack_with_requeue_in_a_transaction_requeues_at_commit() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let (observer, tx, tags) = two_unacked_in_a_tx(&conn).await;
+    within(tx.basic_nack(
+        tags[0],
+        BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(ready(&observer, "q").await, 0);
+    within(tx.tx_commit()).await.unwrap();
+    assert_eq!(ready(&observer, "q").await, 1);
+    let back = get(&observer, "q", true).await.unwrap();
+    assert_eq!(back.delivery.data, b"m0");
+    assert!(back.delivery.redelivered);
+}
+
+#[tokio::test]
+async fn acking_the_same_tag_twice_in_a_transaction_is_406() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw::Raw::open(&broker).await;
+    raw.declare_queue(1, "q").await;
+    raw.publish(1, "", "q", false, b"m0").await;
+    raw.publish(1, "", "q", false, b"m1").await;
+    raw.send(1, Method::TxSelect(ferrymq_wire::TxSelect)).await;
+    match raw.recv_method().await {
+        (1, Method::TxSelectOk(_)) => {}
+        other => panic!("expected tx.select-ok, got {other:?}"),
+    }
+    raw.consume(1, "q", "c", false).await;
+    raw.expect_delivery().await;
+    raw.expect_delivery().await;
+    // rabbit_channel collects acked tags out of the unacked queue when the ack arrives,
+    // also in a transaction: the second ack of tag 1 is an unknown delivery tag.
+    let ack = |tag| {
+        Method::BasicAck(ferrymq_wire::BasicAck {
+            delivery_tag: tag,
+            multiple: false,
+        })
+    };
+    raw.send(1, ack(1)).await;
+    raw.send(1, ack(1)).await;
+    let close = raw.expect_channel_close(1).await;
+    assert_eq!(
+        (close.reply_code, close.class_id, close.method_id),
+        (406, 60, 80)
+    );
+}
+
+#[tokio::test]
+async fn commit_and_rollback_without_select_are_406() {
+    let broker = TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    // rabbit_channel: precondition_failed("channel is not transactional").
+    let ch = channel(&conn).await;
+    let err = within(ch.tx_commit()).await.expect_err("refused");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
+    let ch = channel(&conn).await;
+    let err = within(ch.tx_rollback()).await.expect_err("refused");
+    assert_eq!(reply_code(&err), Some(406), "{err:?}");
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_publish_in_a_transaction_is_returned_at_commit() {
+    let broker = TestBroker::start().await;
+    let mut raw = raw::Raw::open(&broker).await;
+    raw.send(1, Method::TxSelect(ferrymq_wire::TxSelect)).await;
+    match raw.recv_method().await {
+        (1, Method::TxSelectOk(_)) => {}
+        other => panic!("expected tx.select-ok, got {other:?}"),
+    }
+    raw.publish(1, "amq.direct", "nowhere", true, b"back").await;
+    raw.assert_quiet().await;
+    raw.send(1, Method::TxCommit(ferrymq_wire::TxCommit)).await;
+    match raw.recv_method().await {
+        (1, Method::BasicReturn(ret)) => assert_eq!(ret.reply_code, 312),
+        other => panic!("expected basic.return, got {other:?}"),
+    }
+    assert_eq!(raw.content().await, b"back");
+    match raw.recv_method().await {
+        (1, Method::TxCommitOk(_)) => {}
+        other => panic!("expected tx.commit-ok, got {other:?}"),
+    }
+}
+
+/// A minimal AMQP client over `ferrymq_wire`: exact frames in and out, and a socket we can
+/// stop reading.
+mod raw {
+    use bytes::{Bytes, BytesMut};
+    use ferrymq_wire::{
+        decode_frame, encode_body, encode_header, encode_method, BasicProperties, BasicPublish,
+        ChannelClose, ChannelCloseOk, ChannelOpen, ConnectionOpen, ConnectionStartOk,
+        ConnectionTuneOk, ContentHeader, FieldTable, FieldValue, Frame, Method, Properties,
+        QueueDeclare, PROTOCOL_HEADER,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::{within, TestBroker, QUIET};
+
+    const FRAME_MAX_BYTES: u32 = 131_072;
+
+    pub struct Raw {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl Raw {
+        /// Connects as guest, with consumer_cancel_notify, and opens channel 1.
+        pub async fn open(broker: &TestBroker) -> Raw {
+            let stream = within(TcpStream::connect(broker.addr)).await.unwrap();
+            let mut raw = Raw {
+                stream,
+                buf: BytesMut::new(),
+            };
+            raw.stream.write_all(&PROTOCOL_HEADER).await.unwrap();
+            raw.expect(0, |m| matches!(m, Method::ConnectionStart(_)))
+                .await;
+            let mut capabilities = FieldTable::new();
+            capabilities.insert("consumer_cancel_notify", FieldValue::Bool(true));
+            capabilities.insert("basic.nack", FieldValue::Bool(true));
+            capabilities.insert("publisher_confirms", FieldValue::Bool(true));
+            let mut client_properties = FieldTable::new();
+            client_properties.insert("capabilities", FieldValue::Table(capabilities));
+            let start_ok = ConnectionStartOk {
+                client_properties,
+                mechanism: "PLAIN".to_string().into(),
+                response: Bytes::from_static(b"\0guest\0guest"),
+                locale: "en_US".to_string().into(),
+            };
+            raw.send(0, Method::ConnectionStartOk(start_ok)).await;
+            let tune = match raw.recv_method().await {
+                (0, Method::ConnectionTune(tune)) => tune,
+                other => panic!("expected connection.tune, got {other:?}"),
+            };
+            let tune_ok = ConnectionTuneOk {
+                channel_max: tune.channel_max,
+                frame_max: FRAME_MAX_BYTES,
+                heartbeat: 0,
+            };
+            raw.send(0, Method::ConnectionTuneOk(tune_ok)).await;
+            let open = ConnectionOpen {
+                virtual_host: "/".to_string().into(),
+                ..Default::default()
+            };
+            raw.send(0, Method::ConnectionOpen(open)).await;
+            raw.expect(0, |m| matches!(m, Method::ConnectionOpenOk(_)))
+                .await;
+            raw.open_channel(1).await;
+            raw
+        }
+
+        pub async fn open_channel(&mut self, channel: u16) {
+            self.send(channel, Method::ChannelOpen(ChannelOpen::default()))
+                .await;
+            self.expect(channel, |m| matches!(m, Method::ChannelOpenOk(_)))
+                .await;
+        }
+
+        pub async fn send(&mut self, channel: u16, method: Method) {
+            let mut out = BytesMut::new();
+            encode_method(&mut out, channel, &method);
+            within(self.stream.write_all(&out)).await.unwrap();
+        }
+
+        pub async fn publish(
+            &mut self,
+            channel: u16,
+            exchange: &str,
+            routing_key: &str,
+            mandatory: bool,
+            body: &[u8],
+        ) {
+            let properties = BasicProperties::default().encode();
+            self.publish_with(channel, exchange, routing_key, mandatory, properties, body)
+                .await;
+        }
+
+        pub async fn publish_with(
+            &mut self,
+            channel: u16,
+            exchange: &str,
+            routing_key: &str,
+            mandatory: bool,
+            properties: Properties,
+            body: &[u8],
+        ) {
+            let mut out = BytesMut::new();
+            let publish = BasicPublish {
+                exchange: exchange.to_string().into(),
+                routing_key: routing_key.to_string().into(),
+                mandatory,
+                ..Default::default()
+            };
+            encode_method(&mut out, channel, &Method::BasicPublish(publish));
+            let header = ContentHeader {
+                class_id: 60,
+                weight: 0,
+                body_size: body.len() as u64,
+                properties,
+            };
+            encode_header(&mut out, channel, &header);
+            for chunk in body.chunks(FRAME_MAX_BYTES as usize - 8) {
+                encode_body(&mut out, channel, chunk);
+            }
+            within(self.stream.write_all(&out)).await.unwrap();
+        }
+
+        /// The next frame, skipping heartbeats; `None` when the broker closed the socket.
+        pub async fn recv(&mut self) -> Option<Frame> {
+            loop {
+                if let Some(frame) = decode_frame(&mut self.buf, 0).expect("valid frame") {
+                    if matches!(frame, Frame::Heartbeat { .. }) {
+                        continue;
+                    }
+                    return Some(frame);
+                }
+                self.buf.reserve(64 * 1024);
+                match within(self.stream.read_buf(&mut self.buf)).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        }
+
+        /// Asserts that no frame arrives for a while.
+        pub async fn assert_quiet(&mut self) {
+            if let Some(frame) = decode_frame(&mut self.buf, 0).expect("valid frame") {
+                panic!("expected nothing, got {frame:?}");
+            }
+            self.buf.reserve(64 * 1024);
+            if let Ok(read) = tokio::time::timeout(QUIET, self.stream.read_buf(&mut self.buf)).await
+            {
+                let frame = decode_frame(&mut self.buf, 0).expect("valid frame");
+                panic!("expected nothing, got {read:?} bytes: {frame:?}");
+            }
+        }
+
+        pub async fn recv_method(&mut self) -> (u16, Method) {
+            match self.recv().await {
+                Some(Frame::Method { channel, method }) => (channel, method),
+                other => panic!("expected a method frame, got {other:?}"),
+            }
+        }
+
+        async fn expect(&mut self, channel: u16, is: impl Fn(&Method) -> bool) -> Method {
+            let (got_channel, method) = self.recv_method().await;
+            assert!(
+                got_channel == channel && is(&method),
+                "unexpected {method:?} on channel {got_channel}"
+            );
+            method
+        }
+
+        pub async fn declare_queue(&mut self, channel: u16, queue: &str) {
+            let declare = QueueDeclare {
+                queue: queue.to_string().into(),
+                ..Default::default()
+            };
+            self.send(channel, Method::QueueDeclare(declare)).await;
+            self.expect(channel, |m| matches!(m, Method::QueueDeclareOk(_)))
+                .await;
+        }
+
+        pub async fn consume(&mut self, channel: u16, queue: &str, tag: &str, no_ack: bool) {
+            self.send(channel, super::consume_method(queue, tag, no_ack))
+                .await;
+            self.expect(channel, |m| matches!(m, Method::BasicConsumeOk(_)))
+                .await;
+        }
+
+        /// Reads a basic.deliver with its content; returns (delivery tag, body).
+        pub async fn expect_delivery(&mut self) -> (u64, Vec<u8>) {
+            let deliver = match self.recv_method().await {
+                (_, Method::BasicDeliver(deliver)) => deliver,
+                other => panic!("expected basic.deliver, got {other:?}"),
+            };
+            (deliver.delivery_tag, self.content().await)
+        }
+
+        /// A content header and its body frames.
+        pub async fn content(&mut self) -> Vec<u8> {
+            let size = match self.recv().await {
+                Some(Frame::Header { header, .. }) => header.body_size as usize,
+                other => panic!("expected a content header, got {other:?}"),
+            };
+            let mut body = Vec::with_capacity(size);
+            while body.len() < size {
+                match self.recv().await {
+                    Some(Frame::Body { payload, .. }) => body.extend_from_slice(&payload),
+                    other => panic!("expected a content body, got {other:?}"),
+                }
+            }
+            body
+        }
+
+        /// Skips anything else on the channel until channel.close, and answers close-ok.
+        pub async fn expect_channel_close(&mut self, channel: u16) -> ChannelClose {
+            loop {
+                match self.recv().await {
+                    Some(Frame::Method {
+                        channel: c,
+                        method: Method::ChannelClose(close),
+                    }) if c == channel => {
+                        self.send(channel, Method::ChannelCloseOk(ChannelCloseOk))
+                            .await;
+                        return close;
+                    }
+                    Some(Frame::Method {
+                        method: Method::ConnectionClose(close),
+                        ..
+                    }) => panic!("expected channel.close, got {close:?}"),
+                    Some(_) => {}
+                    None => panic!("connection dropped while waiting for channel.close"),
+                }
+            }
+        }
+    }
+}
