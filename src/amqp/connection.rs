@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ferrymq_broker::auth::User;
 use ferrymq_broker::client::ClientHandle;
 use ferrymq_wire as frame;
 use ferrymq_wire::{
@@ -34,8 +35,13 @@ const OUTBOX_HIGH_WATERMARK_BYTES: usize = 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Queue events handled per wake-up before the outbox gets written.
 const EVENTS_PER_WAKEUP_MAX: usize = 1024;
-/// How long we wait for close-ok after sending connection.close.
-const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The AMQP 0-9 header ("AMQP" class 1, instance 1, version 0-9); RabbitMQ serves
+/// 0-9 clients as 0-9-1 (rabbit_reader:version_negotiation), and so do we.
+const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
+/// How long closing may take: writing what is still queued (ending in connection.close
+/// or close-ok) and, after our close, waiting for close-ok. A peer that stops reading
+/// would otherwise hold the task and its socket forever.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the connection loop ended.
 enum End {
@@ -79,7 +85,20 @@ impl Connection {
     pub async fn run(mut self) {
         let _ = self.stream.set_nodelay(true);
         let timeout = Duration::from_millis(self.server.config.handshake_timeout_ms);
-        let session = match tokio::time::timeout(timeout, self.handshake()).await {
+        let outcome = {
+            // A client still in the handshake must not hold up shutdown until its
+            // handshake timeout: it has nothing to lose yet, so it is just dropped.
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                outcome = tokio::time::timeout(timeout, self.handshake()) => Some(outcome),
+                _ = shutdown.changed() => None,
+            }
+        };
+        let Some(outcome) = outcome else {
+            tracing::debug!(peer = %self.peer, "shutdown during the handshake");
+            return;
+        };
+        let session = match outcome {
             Ok(Ok(Some(session))) => session,
             Ok(Ok(None)) => return,
             Ok(Err(AmqpError::Connection(reason) | AmqpError::Channel(reason))) => {
@@ -124,7 +143,7 @@ impl Connection {
         if self.stream.read_exact(&mut header).await.is_err() {
             return Ok(None);
         }
-        if header != frame::PROTOCOL_HEADER {
+        if header != frame::PROTOCOL_HEADER && header != PROTOCOL_HEADER_0_9 {
             // The spec's answer to an unsupported protocol: our header, then close.
             self.outbox.raw(&frame::PROTOCOL_HEADER);
             let _ = self.flush().await;
@@ -141,26 +160,8 @@ impl Connection {
         };
         let (capabilities, auth_failure_close) =
             handshake::client_capabilities(&start_ok.client_properties);
-        let mechanism = start_ok.mechanism.as_str();
-        let ids = (
-            ferrymq_wire::ConnectionStartOk::CLASS_ID,
-            ferrymq_wire::ConnectionStartOk::METHOD_ID,
-        );
-        let user = handshake::credentials(mechanism, &start_ok.response)
-            .ok_or_else(|| ferrymq_broker::auth::login_refused(mechanism))
-            .and_then(|c| {
-                self.server
-                    .broker
-                    .authenticate(&c.username, &c.password, self.peer.ip(), mechanism)
-            });
-        let user = match user {
-            Ok(user) => user,
-            Err(e) if auth_failure_close => return Err(AmqpError::from_broker(e, ids)),
-            Err(e) => {
-                // Clients without authentication_failure_close only see the socket close.
-                tracing::info!(peer = %self.peer, text = %e.text, "login refused");
-                return Ok(None);
-            }
+        let Some(user) = self.login(&start_ok, auth_failure_close)? else {
+            return Ok(None);
         };
         let offered = handshake::connection_tune(&self.server.config);
         self.outbox
@@ -212,6 +213,39 @@ impl Connection {
         }))
     }
 
+    /// Checks start-ok's credentials. `Ok(None)`: refused, and the client (without
+    /// authentication_failure_close) only sees the socket close.
+    fn login(
+        &self,
+        start_ok: &ferrymq_wire::ConnectionStartOk,
+        auth_failure_close: bool,
+    ) -> AmqpResult<Option<User>> {
+        let mechanism = start_ok.mechanism.as_str();
+        let user = handshake::credentials(mechanism, &start_ok.response)
+            .ok_or_else(|| ferrymq_broker::auth::login_refused(mechanism))
+            .and_then(|c| {
+                self.server
+                    .broker
+                    .authenticate(&c.username, &c.password, self.peer.ip(), mechanism)
+            });
+        let error = match user {
+            Ok(user) => return Ok(Some(user)),
+            Err(error) => error,
+        };
+        tracing::info!(peer = %self.peer, text = %error.text, "login refused");
+        if !auth_failure_close {
+            return Ok(None);
+        }
+        // The client learns only that the login failed, never why (unknown user, wrong
+        // password, loopback-only user): rabbit_reader:auth_fail's SafeMsg.
+        let refused = ferrymq_broker::auth::login_refused(mechanism);
+        let ids = (
+            ferrymq_wire::ConnectionStartOk::CLASS_ID,
+            ferrymq_wire::ConnectionStartOk::METHOD_ID,
+        );
+        Err(AmqpError::connection(refused.code, refused.text, ids))
+    }
+
     /// The next method on channel 0, skipping heartbeats.
     async fn expect_method(&mut self) -> AmqpResult<Option<Method>> {
         loop {
@@ -237,7 +271,7 @@ impl Connection {
         match end {
             End::Gone => {}
             End::ClientClosed => {
-                let _ = self.flush().await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.flush()).await;
             }
             End::Close(reason) => self.close_with(reason, Some(&mut session)).await,
         }
@@ -396,17 +430,31 @@ impl Connection {
             method_id: reason.method_id,
         };
         self.outbox.method(0, &Method::ConnectionClose(close));
-        if self.flush().await.is_err() {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        if !matches!(
+            tokio::time::timeout_at(deadline, self.flush()).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
-        let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+        // Until close-ok everything else is dropped unprocessed (rabbit_reader: "closing").
         while let Ok(Ok(Some(frame))) = tokio::time::timeout_at(deadline, self.read_frame()).await {
-            if let Frame::Method {
-                channel: 0,
-                method: Method::ConnectionCloseOk(_) | Method::ConnectionClose(_),
-            } = frame
-            {
-                break;
+            match frame {
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                } => break,
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(_),
+                } => {
+                    // Both sides closed at once: each answers the other's close.
+                    self.outbox
+                        .method(0, &Method::ConnectionCloseOk(ConnectionCloseOk));
+                    let _ = tokio::time::timeout_at(deadline, self.flush()).await;
+                    break;
+                }
+                _ => {}
             }
         }
     }

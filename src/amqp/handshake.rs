@@ -96,7 +96,8 @@ pub struct Tuned {
 /// Checks tune-ok against what we offered, as RabbitMQ does: a value below the protocol
 /// minimum, or above (or, for 0 = "no limit", beyond) the server's limit is refused.
 pub fn negotiate(offered: &ConnectionTune, ok: &ConnectionTuneOk) -> AmqpResult<Tuned> {
-    let ids = (ConnectionTuneOk::CLASS_ID, ConnectionTuneOk::METHOD_ID);
+    // RabbitMQ's fail_negotiation names connection.tune (the offer), not tune-ok.
+    let ids = (ConnectionTune::CLASS_ID, ConnectionTune::METHOD_ID);
     check_value(
         "frame_max",
         ok.frame_max,

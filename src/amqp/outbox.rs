@@ -73,7 +73,8 @@ impl Outbox {
         let before = self.scratch.len();
         frame::encode_header(&mut self.scratch, channel, &header);
         self.queued_bytes += self.scratch.len() - before;
-        let payload_max = (self.frame_max_bytes as usize).saturating_sub(8).max(1);
+        // frame_max 0 means "no limit": one body frame, not one frame per byte.
+        let payload_max = frame::body_payload_max_bytes(self.frame_max_bytes).max(1);
         let mut offset = 0;
         while offset < body.len() {
             let end = (offset + payload_max).min(body.len());
@@ -145,5 +146,53 @@ impl Outbox {
                 written = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every frame queued so far, decoded back.
+    fn queued_frames(outbox: &mut Outbox) -> Vec<frame::Frame> {
+        outbox.seal_scratch();
+        let mut all = BytesMut::new();
+        for chunk in &outbox.chunks {
+            all.extend_from_slice(chunk);
+        }
+        let mut frames = Vec::new();
+        while let Some(f) = frame::decode_frame(&mut all, 0).unwrap() {
+            frames.push(f);
+        }
+        assert!(all.is_empty());
+        frames
+    }
+
+    fn body_sizes(frames: &[frame::Frame]) -> Vec<usize> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                frame::Frame::Body { payload, .. } => Some(payload.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn body_is_split_to_fit_frame_max() {
+        let mut outbox = Outbox::new(4096);
+        let body = Bytes::from(vec![7u8; 10_000]);
+        outbox.content(1, &Properties::empty(), &body);
+        let frames = queued_frames(&mut outbox);
+        assert_eq!(body_sizes(&frames), vec![4088, 4088, 1824]);
+    }
+
+    #[test]
+    fn unlimited_frame_max_sends_the_body_in_one_frame() {
+        let mut outbox = Outbox::new(0);
+        let body = Bytes::from(vec![7u8; 10_000]);
+        outbox.content(1, &Properties::empty(), &body);
+        let frames = queued_frames(&mut outbox);
+        assert_eq!(body_sizes(&frames), vec![10_000]);
     }
 }
