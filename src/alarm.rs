@@ -118,7 +118,10 @@ pub fn disk_free_bytes(path: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    Some(u64::from(stat.f_bavail) * u64::from(stat.f_frsize))
+    // The field types differ between libc targets; on x86_64 they are already u64.
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.f_bavail) * u64::from(stat.f_frsize);
+    Some(free)
 }
 
 /// Total physical memory, for the default high watermark.

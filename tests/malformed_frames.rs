@@ -454,7 +454,6 @@ async fn garbage_after_the_handshake_closes_the_connection() {
 // rabbit_channel fills in the offending method when it raises ("expected
 // 'channel.open'" against queue.declare), so connection.close names it.
 #[tokio::test]
-#[ignore = "BUG: session/mod.rs open_channel reports 504 with class/method 0/0, not the offending method"]
 async fn close_for_an_unopened_channel_names_the_offending_method() {
     let broker = TestBroker::start().await;
     let mut client = RawClient::open(broker.addr).await;
@@ -466,7 +465,6 @@ async fn close_for_an_unopened_channel_names_the_offending_method() {
 // rabbit_command_assembler reports an interrupted publish against the method whose
 // content was expected (basic.publish), not the method that interrupted it.
 #[tokio::test]
-#[ignore = "BUG: session/mod.rs dispatch names the interrupting method instead of basic.publish (60/40)"]
 async fn interrupted_content_is_reported_against_basic_publish() {
     let broker = TestBroker::start().await;
     let mut client = open_with_channel(&broker).await;

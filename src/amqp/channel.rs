@@ -152,6 +152,9 @@ pub enum ChannelState {
 
 pub struct Channel {
     pub id: u16,
+    /// Unique per opening on this connection: queues echo it in events, so an event for a
+    /// closed channel is recognised even after its number is reused.
+    pub epoch: u64,
     pub state: ChannelState,
     pub publish: Option<PendingPublish>,
     next_delivery_tag: u64,
@@ -169,9 +172,10 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    pub fn new(id: u16, epoch: u64) -> Self {
         Channel {
             id,
+            epoch,
             state: ChannelState::Open,
             publish: None,
             next_delivery_tag: 0,

@@ -31,6 +31,10 @@ use super::Server;
 /// Queue events are not taken while this much output waits for the socket; queues then
 /// hold further deliveries (see the client window in `ferrymq_broker::client`).
 const OUTBOX_HIGH_WATERMARK_BYTES: usize = 1024 * 1024;
+/// The socket is not read while this much output waits: a client that sends requests but
+/// never reads the replies cannot make us buffer replies without bound.
+const OUTBOX_READ_PAUSE_BYTES: usize = 8 * 1024 * 1024;
+const _: () = assert!(OUTBOX_READ_PAUSE_BYTES > OUTBOX_HIGH_WATERMARK_BYTES);
 /// Read buffer growth step; also the most read per syscall when the buffer is empty.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Queue events handled per wake-up before the outbox gets written.
@@ -209,6 +213,7 @@ impl Connection {
             frame_max_bytes: tuned.frame_max_bytes,
             capabilities,
             exclusive_queues: Vec::new(),
+            channel_epochs: 0,
             heartbeat_s: tuned.heartbeat_s,
         }))
     }
@@ -282,6 +287,7 @@ impl Connection {
             (session.heartbeat_s > 0).then(|| Duration::from_secs(u64::from(session.heartbeat_s)));
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        let mut read_paused = false;
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         // Clients pipeline: frames may already wait behind connection.open.
         if let Err(end) = self.process_buffered(session).await {
@@ -295,6 +301,10 @@ impl Connection {
                 }
                 if session.outbox.queued_bytes() != before {
                     last_write = Instant::now();
+                    if read_paused {
+                        // While we do not read, a peer that takes our bytes is alive.
+                        last_read = last_write;
+                    }
                 }
             }
             // Heartbeats: send one when we have been quiet for half the interval, and drop
@@ -305,8 +315,9 @@ impl Connection {
             };
             let want_write = !session.outbox.is_empty();
             let take_events = session.outbox.queued_bytes() < OUTBOX_HIGH_WATERMARK_BYTES;
+            read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES;
             tokio::select! {
-                readable = self.stream.readable() => {
+                readable = self.stream.readable(), if !read_paused => {
                     if readable.is_err() {
                         return End::Gone;
                     }
@@ -325,6 +336,11 @@ impl Connection {
                     let Some(event) = event else { return End::Gone };
                     session.handle_event(event);
                     for _ in 1..EVENTS_PER_WAKEUP_MAX {
+                        // Stop at the watermark: a burst of large deliveries must not
+                        // overshoot it by a whole batch.
+                        if session.outbox.queued_bytes() >= OUTBOX_HIGH_WATERMARK_BYTES {
+                            break;
+                        }
                         let Ok(event) = session.events.try_recv() else { break };
                         session.handle_event(event);
                     }

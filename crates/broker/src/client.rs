@@ -32,12 +32,14 @@ pub enum ClientEvent {
     /// was refused by a queue (nack).
     Confirm {
         channel: u16,
+        epoch: u64,
         seq: u64,
         ack: bool,
     },
     /// The queue this consumer was on went away (deleted): RabbitMQ sends basic.cancel.
     ConsumerCancelled {
         channel: u16,
+        epoch: u64,
         consumer_tag: ShortStr,
     },
 }
@@ -46,6 +48,8 @@ pub enum ClientEvent {
 #[derive(Debug)]
 pub struct Delivery {
     pub channel: u16,
+    /// Which opening of that channel number (see [`ConsumerSpec::epoch`](crate::queue::ConsumerSpec)).
+    pub epoch: u64,
     pub consumer_tag: ShortStr,
     pub queue: Arc<QueueHandle>,
     /// The queue's id for this message, echoed back on ack/nack/reject.

@@ -53,14 +53,18 @@ impl Session {
                 ids,
             ));
         }
-        let (prefetch_count, channel_credit) =
-            (channel.consumer_prefetch, Arc::clone(&channel.credit));
+        let (prefetch_count, channel_credit, epoch) = (
+            channel.consumer_prefetch,
+            Arc::clone(&channel.credit),
+            channel.epoch,
+        );
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
         let spec = ConsumerSpec {
             tag: tag.clone(),
             client: Arc::clone(&self.client),
             channel: id,
+            epoch,
             no_ack: m.no_ack,
             prefetch_count,
             channel_credit,
@@ -113,6 +117,7 @@ impl Session {
         let window_reopened = self.client.release(body_size);
         let known = self.channels.get(&delivery.channel).is_some_and(|c| {
             c.state == ChannelState::Open
+                && c.epoch == delivery.epoch
                 && c.consumers
                     .get(&delivery.consumer_tag)
                     .is_some_and(|q| Arc::ptr_eq(q, &delivery.queue))
@@ -157,8 +162,8 @@ impl Session {
     }
 
     /// The broker cancelled a consumer (its queue was deleted).
-    pub(super) fn consumer_cancelled(&mut self, id: u16, consumer_tag: ShortStr) {
-        let Some(channel) = self.channels.get_mut(&id) else {
+    pub(super) fn consumer_cancelled(&mut self, id: u16, epoch: u64, consumer_tag: ShortStr) {
+        let Some(channel) = self.channels.get_mut(&id).filter(|c| c.epoch == epoch) else {
             return;
         };
         if channel.consumers.remove(&consumer_tag).is_none() || channel.state != ChannelState::Open

@@ -100,7 +100,8 @@ impl Session {
     pub(super) async fn queue_declare(&mut self, id: u16, m: QueueDeclare) -> AmqpResult {
         let ids = (QueueDeclare::CLASS_ID, QueueDeclare::METHOD_ID);
         let config = QueueConfig {
-            durable: m.durable,
+            // RabbitMQ: an exclusive queue is never durable, whatever the flag said.
+            durable: m.durable && !m.exclusive,
             exclusive_owner: m.exclusive.then_some(self.client.id),
             auto_delete: m.auto_delete,
             arguments: m.arguments,

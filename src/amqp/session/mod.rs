@@ -24,6 +24,11 @@ use super::error::{code, AmqpError, AmqpResult, CloseReason};
 use super::outbox::Outbox;
 use super::Server;
 
+const PUBLISH_IDS: (u16, u16) = (
+    ferrymq_wire::BasicPublish::CLASS_ID,
+    ferrymq_wire::BasicPublish::METHOD_ID,
+);
+
 /// What the client told us it supports in connection.start-ok.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientCapabilities {
@@ -45,6 +50,8 @@ pub struct Session {
     pub capabilities: ClientCapabilities,
     /// Exclusive queues this connection declared: deleted when it closes.
     pub exclusive_queues: Vec<Arc<QueueHandle>>,
+    /// Channels opened so far: each opening gets the next number as its epoch.
+    pub channel_epochs: u64,
 }
 
 impl Session {
@@ -59,7 +66,9 @@ impl Session {
             Frame::Heartbeat { .. } => return Ok(()),
         };
         let Some(channel) = self.channels.get(&id) else {
-            return self.open_channel(id, frame);
+            return self
+                .open_channel(id, frame)
+                .map_err(|e| with_method(e, method_ids));
         };
         if channel.state == ChannelState::Closing {
             return self.while_closing(id, frame);
@@ -95,7 +104,9 @@ impl Session {
                 (20, 10),
             ));
         }
-        self.channels.insert(id, Channel::new(id));
+        self.channel_epochs += 1;
+        self.channels
+            .insert(id, Channel::new(id, self.channel_epochs));
         self.outbox
             .method(id, &Method::ChannelOpenOk(ChannelOpenOk::default()));
         Ok(())
@@ -130,7 +141,8 @@ impl Session {
                     return Err(AmqpError::connection(
                         code::UNEXPECTED_FRAME,
                         format!("expected content header for class 60, got non content header frame instead (channel {id})"),
-                        (method.class_id(), method.method_id()),
+                        // RabbitMQ names the publish whose content was interrupted.
+                        PUBLISH_IDS,
                     ));
                 }
                 self.method(id, method).await
@@ -289,10 +301,16 @@ impl Session {
     pub fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::Deliver(delivery) => self.deliver(delivery),
-            ClientEvent::Confirm { channel, seq, ack } => {
+            ClientEvent::Confirm {
+                channel,
+                epoch,
+                seq,
+                ack,
+            } => {
                 if let Some(confirms) = self
                     .channels
                     .get_mut(&channel)
+                    .filter(|c| c.epoch == epoch)
                     .and_then(|c| c.confirms.as_mut())
                 {
                     confirms.queue_settled(seq, ack);
@@ -300,8 +318,9 @@ impl Session {
             }
             ClientEvent::ConsumerCancelled {
                 channel,
+                epoch,
                 consumer_tag,
-            } => self.consumer_cancelled(channel, consumer_tag),
+            } => self.consumer_cancelled(channel, epoch, consumer_tag),
         }
     }
 

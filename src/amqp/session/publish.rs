@@ -86,10 +86,16 @@ impl Session {
     pub(super) async fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult {
         let channel = self.channel(id);
         let Some(pending) = channel.publish.as_mut().filter(|p| p.properties.is_some()) else {
+            // After a publish the frame is its missing header: name the publish (RabbitMQ).
+            let ids = if channel.publish.is_some() {
+                PUBLISH
+            } else {
+                (0, 0)
+            };
             return Err(AmqpError::connection(
                 code::UNEXPECTED_FRAME,
                 format!("unexpected content body frame on channel {id}"),
-                (0, 0),
+                ids,
             ));
         };
         pending.received += payload.len() as u64;
@@ -176,6 +182,7 @@ impl Session {
     ) {
         let (message, queues) = self.route(exchange, message);
         let channel = self.channel(id);
+        let epoch = channel.epoch;
         let confirm_seq = channel
             .confirms
             .as_mut()
@@ -195,6 +202,7 @@ impl Session {
             let confirm = confirm_seq.map(|seq| ConfirmTicket {
                 client: Arc::clone(&self.client),
                 channel: id,
+                epoch,
                 seq,
             });
             queue.publish(Arc::clone(&message), confirm).await;

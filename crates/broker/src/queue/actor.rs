@@ -278,11 +278,13 @@ impl QueueState {
             let ConsumerSpec {
                 client,
                 channel,
+                epoch,
                 tag,
                 ..
             } = consumer.spec;
             client.send(ClientEvent::ConsumerCancelled {
                 channel,
+                epoch,
                 consumer_tag: tag,
             });
         }
@@ -303,6 +305,7 @@ impl QueueState {
             let spec = &consumer.spec;
             spec.client.deliver(Delivery {
                 channel: spec.channel,
+                epoch: spec.epoch,
                 consumer_tag: spec.tag.clone(),
                 queue: Arc::clone(&self.handle),
                 msg_id: entry.id,

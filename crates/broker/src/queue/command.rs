@@ -14,6 +14,7 @@ use crate::message::Message;
 pub struct ConfirmTicket {
     pub client: Arc<ClientHandle>,
     pub channel: u16,
+    pub epoch: u64,
     pub seq: u64,
 }
 
@@ -22,9 +23,15 @@ impl ConfirmTicket {
         let ConfirmTicket {
             client,
             channel,
+            epoch,
             seq,
         } = self;
-        client.send(ClientEvent::Confirm { channel, seq, ack });
+        client.send(ClientEvent::Confirm {
+            channel,
+            epoch,
+            seq,
+            ack,
+        });
     }
 }
 
@@ -44,6 +51,9 @@ pub struct ConsumerSpec {
     pub tag: ShortStr,
     pub client: Arc<ClientHandle>,
     pub channel: u16,
+    /// Distinguishes this opening of the channel number from earlier ones on the same
+    /// connection: events that outlive a channel must not reach its successor.
+    pub epoch: u64,
     pub no_ack: bool,
     /// Per-consumer prefetch (basic.qos global=false at consume time); 0 = unlimited.
     pub prefetch_count: u32,
