@@ -1,0 +1,108 @@
+//! ferrymq-perf: load generator for AMQP 0-9-1 brokers, so ferrymq and RabbitMQ are measured
+//! with the same client (amqprs) on the same machine.
+//!
+//! Layout:
+//! - `cli`: flags, ack modes and the s1..s8 scenario presets, resolved into `Settings`.
+//! - `modes/`: one file per kind of run (throughput window, fixed backlog, idle objects).
+//! - `workers`: producer and consumer tasks, one connection each.
+//! - `client`: amqprs plumbing: connect, the run's own queues/exchange, confirm window.
+//! - `latency`: body timestamps and the hdrhistogram percentiles.
+//! - `procfs`: the broker process by listening port, its CPU time and RSS.
+//! - `report`: the table and the JSON line.
+
+mod cli;
+mod client;
+mod latency;
+mod modes;
+mod procfs;
+mod report;
+mod uri;
+mod workers;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Args, Mode, Settings};
+use crate::modes::Run;
+use crate::procfs::BrokerProbe;
+use crate::uri::AmqpUri;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferrymq-perf: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let settings = Arc::new(Settings::resolve(args)?);
+    let uri = AmqpUri::parse(&args.uri)?;
+    raise_open_files_limit();
+    let probe = find_broker(args, &uri);
+    if probe.is_none() {
+        eprintln!("ferrymq-perf: broker process not found; CPU and RSS will be missing");
+    }
+    let r = Run {
+        uri,
+        settings: settings.clone(),
+        probe,
+        label: args.label.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Duration::from_secs_f64(settings.timeout_s);
+    let report = runtime
+        .block_on(async { tokio::time::timeout(deadline, modes::run(&r)).await })
+        .with_context(|| format!("run exceeded its {deadline:?} deadline"))??;
+    // amqprs keeps background tasks per connection; do not wait for them on the way out.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", report.json_line());
+    } else {
+        print!("{}", report.table());
+    }
+    let idle_consumers =
+        settings.consumers > 0 && matches!(settings.mode, Mode::Throughput) && report.consumed == 0;
+    if idle_consumers {
+        eprintln!("ferrymq-perf: consumers received nothing");
+    }
+    Ok(if report.errors > 0 || idle_consumers {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn find_broker(args: &Args, uri: &AmqpUri) -> Option<BrokerProbe> {
+    let pid = match args.broker_pid {
+        Some(pid) => Some(pid),
+        None => procfs::find_pid_by_port(args.broker_port.unwrap_or(uri.port)),
+    };
+    pid.map(BrokerProbe::new)
+}
+
+/// S8 opens 1,000 connections; make sure the descriptor limit is not what stops it.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
