@@ -169,6 +169,8 @@ pub struct Channel {
     pub tx: Option<Transaction>,
     /// For the "" queue name shortcut of queue.bind, basic.consume, …
     pub last_queue: Option<ShortStr>,
+    /// The direct reply-to consumer: (consumer tag, the reply_to address handed out for it).
+    pub reply_consumer: Option<(ShortStr, ShortStr)>,
 }
 
 impl Channel {
@@ -186,6 +188,7 @@ impl Channel {
             confirms: None,
             tx: None,
             last_queue: None,
+            reply_consumer: None,
         }
     }
 

@@ -23,7 +23,7 @@ use super::session::ClientCapabilities;
 use crate::config::Config;
 
 /// Capabilities advertised to clients; each is a feature this broker implements.
-const SERVER_CAPABILITIES: [&str; 7] = [
+const SERVER_CAPABILITIES: [&str; 8] = [
     "publisher_confirms",
     "exchange_exchange_bindings",
     "basic.nack",
@@ -31,6 +31,7 @@ const SERVER_CAPABILITIES: [&str; 7] = [
     "connection.blocked",
     "authentication_failure_close",
     "per_consumer_qos",
+    "direct_reply_to",
 ];
 
 pub fn connection_start() -> ConnectionStart {

@@ -36,6 +36,14 @@ pub enum ClientEvent {
         seq: u64,
         ack: bool,
     },
+    /// A reply for this channel's direct reply-to consumer (see [`crate::direct_reply`]):
+    /// delivered without acks, not from any queue.
+    DirectReply {
+        channel: u16,
+        epoch: u64,
+        consumer_tag: ShortStr,
+        message: Arc<Message>,
+    },
     /// The queue this consumer was on went away (deleted): RabbitMQ sends basic.cancel.
     ConsumerCancelled {
         channel: u16,

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`broker`]: the root object: vhosts and users.
 //! - [`vhost`]: one namespace: declare/delete, bindings, routing of a publish to queues.
+//! - [`direct_reply`]: `amq.rabbitmq.reply-to`, replies routed straight to a requesting channel.
 //! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod definitions;
+pub mod direct_reply;
 pub mod error;
 pub mod exchange;
 pub mod message;

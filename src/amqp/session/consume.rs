@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use ferrymq_broker::client::Delivery;
+use ferrymq_broker::direct_reply::{ReplyTarget, REPLY_TO};
 use ferrymq_broker::queue::{ConsumerSpec, QueueCmd, QueueHandle};
+use ferrymq_broker::Message;
 use ferrymq_wire::{
     BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicDeliver, BasicGet,
     BasicGetEmpty, BasicGetOk, BasicQos, BasicQosOk, BasicRecoverOk, Method, ShortStr,
@@ -39,6 +41,9 @@ impl Session {
     pub(super) async fn basic_consume(&mut self, id: u16, m: BasicConsume) -> AmqpResult {
         let ids = (BasicConsume::CLASS_ID, BasicConsume::METHOD_ID);
         let fail = |e| AmqpError::from_broker(e, ids);
+        if m.queue.as_str() == REPLY_TO {
+            return self.consume_replies(id, m);
+        }
         let channel = self.channel(id);
         let name = channel.queue_name(&m.queue, ids)?;
         let tag = if m.consumer_tag.is_empty() {
@@ -88,7 +93,87 @@ impl Session {
         Ok(())
     }
 
+    /// basic.consume from `amq.rabbitmq.reply-to`: no queue, just an address for replies.
+    fn consume_replies(&mut self, id: u16, m: BasicConsume) -> AmqpResult {
+        let ids = (BasicConsume::CLASS_ID, BasicConsume::METHOD_ID);
+        if !m.no_ack {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "reply consumer cannot acknowledge",
+                ids,
+            ));
+        }
+        let tag = if m.consumer_tag.is_empty() {
+            generate_consumer_tag()
+        } else {
+            m.consumer_tag.clone()
+        };
+        let channel = self.channel(id);
+        if channel.reply_consumer.is_some() {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "reply consumer already set",
+                ids,
+            ));
+        }
+        let epoch = channel.epoch;
+        let target = ReplyTarget {
+            client: Arc::clone(&self.client),
+            channel: id,
+            epoch,
+            consumer_tag: tag.clone(),
+        };
+        let address = self.vhost.direct_replies.register(target);
+        self.channel(id).reply_consumer = Some((tag.clone(), address));
+        if !m.nowait {
+            self.outbox.method(
+                id,
+                &Method::BasicConsumeOk(BasicConsumeOk { consumer_tag: tag }),
+            );
+        }
+        Ok(())
+    }
+
+    /// A reply for this channel's direct reply-to consumer.
+    pub(super) fn deliver_reply(
+        &mut self,
+        id: u16,
+        epoch: u64,
+        consumer_tag: ShortStr,
+        message: Arc<Message>,
+    ) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let current = channel
+            .reply_consumer
+            .as_ref()
+            .is_some_and(|(tag, _)| *tag == consumer_tag);
+        if channel.epoch != epoch || channel.state != ChannelState::Open || !current {
+            return;
+        }
+        let deliver = BasicDeliver {
+            consumer_tag,
+            delivery_tag: channel.next_delivery_tag(),
+            redelivered: false,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        };
+        self.outbox.method(id, &Method::BasicDeliver(deliver));
+        self.outbox.content(id, &message.properties, &message.body);
+    }
+
     pub(super) async fn basic_cancel(&mut self, id: u16, m: BasicCancel) -> AmqpResult {
+        let channel = self.channel(id);
+        if channel
+            .reply_consumer
+            .as_ref()
+            .is_some_and(|(tag, _)| *tag == m.consumer_tag)
+        {
+            if let Some((_, address)) = channel.reply_consumer.take() {
+                self.vhost.direct_replies.forget(&address);
+            }
+        }
         if let Some(queue) = self.channel(id).consumers.get(&m.consumer_tag).cloned() {
             queue
                 .cancel(self.client.id, id, m.consumer_tag.clone())

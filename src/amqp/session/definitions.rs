@@ -99,6 +99,18 @@ impl Session {
 
     pub(super) async fn queue_declare(&mut self, id: u16, m: QueueDeclare) -> AmqpResult {
         let ids = (QueueDeclare::CLASS_ID, QueueDeclare::METHOD_ID);
+        if m.passive && self.is_direct_reply_address(&m.queue) {
+            // The pseudo-queue exists for passive declares, with nothing in it (RabbitMQ).
+            if !m.nowait {
+                let ok = QueueDeclareOk {
+                    queue: m.queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                };
+                self.outbox.method(id, &Method::QueueDeclareOk(ok));
+            }
+            return Ok(());
+        }
         let config = QueueConfig {
             // RabbitMQ: an exclusive queue is never durable, whatever the flag said.
             durable: m.durable && !m.exclusive,
@@ -211,5 +223,10 @@ impl Session {
                 .method(id, &Method::QueueDeleteOk(QueueDeleteOk { message_count }));
         }
         Ok(())
+    }
+
+    fn is_direct_reply_address(&self, name: &str) -> bool {
+        name == ferrymq_broker::direct_reply::REPLY_TO
+            || self.vhost.direct_replies.is_registered(name)
     }
 }

@@ -261,6 +261,9 @@ impl Session {
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };
+        if let Some((_, address)) = channel.reply_consumer.take() {
+            self.vhost.direct_replies.forget(&address);
+        }
         let mut queues: Vec<Arc<QueueHandle>> = channel.consumers.drain().map(|(_, q)| q).collect();
         queues.extend(channel.unacked.drain(..).map(|u| u.queue));
         channel.publish = None;
@@ -316,6 +319,12 @@ impl Session {
                     confirms.queue_settled(seq, ack);
                 }
             }
+            ClientEvent::DirectReply {
+                channel,
+                epoch,
+                consumer_tag,
+                message,
+            } => self.deliver_reply(channel, epoch, consumer_tag, message),
             ClientEvent::ConsumerCancelled {
                 channel,
                 epoch,

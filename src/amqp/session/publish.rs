@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ferrymq_broker::direct_reply::{REPLY_TO, REPLY_TO_PREFIX};
 use ferrymq_broker::exchange::Exchange;
 use ferrymq_broker::queue::{ConfirmTicket, QueueCmd, QueueHandle, SettleAction};
 use ferrymq_broker::Message;
@@ -127,6 +128,7 @@ impl Session {
         let properties = pending.properties.take().unwrap_or_else(Properties::empty);
         let method = pending.method;
         self.check_user_id(&properties)?;
+        let properties = self.rewrite_reply_to(id, properties)?;
         let exchange = self
             .vhost
             .exchange_or_404(&method.exchange)
@@ -158,6 +160,24 @@ impl Session {
         Ok(())
     }
 
+    /// A request's `reply_to = amq.rabbitmq.reply-to` becomes the address of this channel's
+    /// reply consumer; without one RabbitMQ refuses the publish.
+    fn rewrite_reply_to(&mut self, id: u16, properties: Properties) -> AmqpResult<Properties> {
+        if properties.is_empty() || properties.reply_to().as_deref() != Some(REPLY_TO) {
+            return Ok(properties);
+        }
+        let Some((_, address)) = self.channel(id).reply_consumer.clone() else {
+            return Err(AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "fast reply consumer does not exist",
+                PUBLISH,
+            ));
+        };
+        let mut decoded = properties.decode()?;
+        decoded.reply_to = Some(address);
+        Ok(decoded.encode())
+    }
+
     /// RabbitMQ refuses a user_id property that is not the authenticated user's name.
     fn check_user_id(&self, properties: &Properties) -> AmqpResult {
         match properties.user_id() {
@@ -181,13 +201,21 @@ impl Session {
         message: Message,
     ) {
         let (message, queues) = self.route(exchange, message);
+        let message = Arc::new(message);
+        // A reply to a direct reply-to address goes straight to the requester's channel.
+        let replied = exchange.is_default()
+            && message.routing_key.starts_with(REPLY_TO_PREFIX)
+            && self
+                .vhost
+                .direct_replies
+                .deliver(&message.routing_key, Arc::clone(&message));
         let channel = self.channel(id);
         let epoch = channel.epoch;
         let confirm_seq = channel
             .confirms
             .as_mut()
             .map(|c| c.register(queues.len() as u32));
-        if queues.is_empty() && method.mandatory {
+        if queues.is_empty() && !replied && method.mandatory {
             let returned = BasicReturn {
                 reply_code: code::NO_ROUTE,
                 reply_text: ShortStr::from_static("NO_ROUTE"),
@@ -197,7 +225,6 @@ impl Session {
             self.outbox.method(id, &Method::BasicReturn(returned));
             self.outbox.content(id, &message.properties, &message.body);
         }
-        let message = Arc::new(message);
         for queue in queues {
             let confirm = confirm_seq.map(|seq| ConfirmTicket {
                 client: Arc::clone(&self.client),

@@ -33,6 +33,8 @@ pub struct VHost {
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<QueueHandle>>>,
     definitions: Mutex<Definitions>,
+    /// Direct reply-to consumers of this vhost, by the address handed out for them.
+    pub direct_replies: crate::direct_reply::DirectReplies,
     /// For queue tasks, which need to remove themselves when they are deleted.
     this: Weak<VHost>,
 }
@@ -63,6 +65,7 @@ impl VHost {
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             definitions: Mutex::new(Definitions::default()),
+            direct_replies: Default::default(),
             this: this.clone(),
         });
         {
