@@ -127,7 +127,16 @@ mod tests {
         let (syncer, thread) = Syncer::start();
         // Hold the thread inside a first request so the next 200 queue up behind it.
         let (release, gate) = mpsc::channel::<()>();
-        syncer.sync(Vec::new(), Box::new(move |_| gate.recv().unwrap()));
+        let (entered_tx, entered) = mpsc::channel::<()>();
+        syncer.sync(
+            Vec::new(),
+            Box::new(move |_| {
+                entered_tx.send(()).unwrap();
+                gate.recv().unwrap()
+            }),
+        );
+        // Only once the thread is inside the gate's batch may the others queue up.
+        entered.recv().unwrap();
         let (tx, rx) = mpsc::channel();
         for i in 0..200 {
             (&*files[i % 2]).write_all(b"x").unwrap();

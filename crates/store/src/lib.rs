@@ -24,6 +24,6 @@ pub use commit::Syncer;
 pub use data_dir::DataDir;
 pub use definitions::DefinitionsLog;
 pub use error::{Result, StoreError};
-pub use queue_log::{QueueLog, Recovered};
+pub use queue_log::{QueueLog, Recovered, RecoveredMessage};
 pub use record::{Record, RecordKind};
 pub use segment::Position;

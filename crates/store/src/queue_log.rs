@@ -12,13 +12,23 @@ use bytes::BytesMut;
 
 use crate::error::Result;
 use crate::record::{Record, RecordKind};
-use crate::segment::{self, list_segments, read_acks, Position, Segment};
+use std::collections::HashSet;
+
+use crate::segment::{self, list_segments, read_acks, Position, Segment, DELIVERED_BIT};
+
+#[derive(Debug)]
+pub struct RecoveredMessage {
+    pub position: Position,
+    pub record: Record,
+    /// It had been handed to a consumer before the restart: it returns redelivered.
+    pub delivered: bool,
+}
 
 /// What a queue gets back from recovery: its live messages, oldest first.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// (position, record) of every persistent, unacked message, in seq order.
-    pub messages: Vec<(Position, Record)>,
+    /// Every persistent, unacked message, in seq order.
+    pub messages: Vec<RecoveredMessage>,
     /// Records that failed their checks and were skipped.
     pub corrupt_records: u32,
     /// Bytes cut off the end of a segment (a write torn by a crash).
@@ -56,8 +66,17 @@ impl QueueLog {
             if scan.corrupt > 0 {
                 tracing::warn!(segment = number, records = scan.corrupt, dir = %dir.display(), "skipped corrupt records");
             }
-            let acked: std::collections::HashSet<u32> =
-                read_acks(dir, number)?.into_iter().collect();
+            let entries = read_acks(dir, number)?;
+            let acked: HashSet<u32> = entries
+                .iter()
+                .copied()
+                .filter(|e| e & DELIVERED_BIT == 0)
+                .collect();
+            let delivered: HashSet<u32> = entries
+                .iter()
+                .filter(|e| *e & DELIVERED_BIT != 0)
+                .map(|e| e & !DELIVERED_BIT)
+                .collect();
             seg.records = scan.records.len() as u32;
             for (offset, record) in scan.records {
                 // Transient records were on disk only for paging; they do not outlive the broker.
@@ -65,17 +84,18 @@ impl QueueLog {
                     seg.acked += 1;
                     continue;
                 }
-                recovered.messages.push((
-                    Position {
+                recovered.messages.push(RecoveredMessage {
+                    position: Position {
                         segment: number,
                         offset,
                     },
                     record,
-                ));
+                    delivered: delivered.contains(&offset),
+                });
             }
             segments.insert(number, seg);
         }
-        recovered.messages.sort_by_key(|(_, record)| record.seq);
+        recovered.messages.sort_by_key(|m| m.record.seq);
         let mut log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size_bytes,
@@ -185,11 +205,26 @@ impl QueueLog {
         let Some(seg) = self.segments.get_mut(&position.segment) else {
             return Ok(());
         };
-        seg.ack(&self.dir, position.offset)?;
+        seg.ack(position.offset);
         if !is_last && seg.is_fully_acked() {
             if let Some(seg) = self.segments.remove(&position.segment) {
                 seg.remove(&self.dir)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Notes that a record was handed to a consumer (see [`RecoveredMessage::delivered`]).
+    pub fn mark_delivered(&mut self, position: Position) {
+        if let Some(seg) = self.segments.get_mut(&position.segment) {
+            seg.mark_delivered(position.offset);
+        }
+    }
+
+    /// Writes the acks and delivery marks buffered since the last call.
+    pub fn flush_acks(&mut self) -> Result<()> {
+        for seg in self.segments.values_mut() {
+            seg.flush_acks(&self.dir)?;
         }
         Ok(())
     }
@@ -240,7 +275,7 @@ mod tests {
     }
 
     fn seqs(recovered: &Recovered) -> Vec<u64> {
-        recovered.messages.iter().map(|(_, r)| r.seq).collect()
+        recovered.messages.iter().map(|m| m.record.seq).collect()
     }
 
     #[test]
@@ -258,6 +293,8 @@ mod tests {
         }
         log.sync().unwrap();
         log.ack(positions[1]).unwrap();
+        log.mark_delivered(positions[2]);
+        log.flush_acks().unwrap();
         assert_eq!(
             log.read(positions[4]).unwrap(),
             record(4, RecordKind::Persistent, 10)
@@ -265,6 +302,20 @@ mod tests {
         drop(log);
         let (_, recovered) = QueueLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(seqs(&recovered), vec![2, 4, 5, 7, 8]);
+        let delivered: Vec<u64> = recovered
+            .messages
+            .iter()
+            .filter(|m| m.delivered)
+            .map(|m| m.record.seq)
+            .collect();
+        assert_eq!(delivered, vec![2], "delivery marks survive the restart");
+        let delivered: Vec<u64> = recovered
+            .messages
+            .iter()
+            .filter(|m| m.delivered)
+            .map(|m| m.record.seq)
+            .collect();
+        assert_eq!(delivered, vec![2]);
     }
 
     #[test]
@@ -283,6 +334,7 @@ mod tests {
         for position in &positions[..positions.len() - 1] {
             log.ack(*position).unwrap();
         }
+        log.flush_acks().unwrap();
         assert_eq!(
             log.segment_count(),
             1,

@@ -2,7 +2,10 @@
 //!
 //! ```text
 //!  <dir>/<segment number, 20 digits>.seg   records back to back (see `record`)
-//!  <dir>/<segment number, 20 digits>.ack   u32 big-endian offsets of acked records
+//!  <dir>/<segment number, 20 digits>.ack   u32 big-endian entries: the offset of an acked
+//!                                          record, or offset | DELIVERED_BIT for a record
+//!                                          handed to a consumer (so that after a restart
+//!                                          it comes back with redelivered=true)
 //! ```
 //!
 //! A segment is deleted, with its ack file, once every record in it is acked and it is no
@@ -19,6 +22,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Result, StoreError};
 use crate::record::{self, Decoded, Record, RECORD_PREFIX_BYTES, RECORD_SIZE_MAX_BYTES};
+
+/// Set in an ack-file entry that marks a delivery rather than an ack. Segments stay far
+/// below 2 GiB, so offsets never use this bit.
+pub const DELIVERED_BIT: u32 = 1 << 31;
 
 /// Where a record lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +65,8 @@ pub struct Segment {
     /// Shared with the sync thread, which fdatasyncs it after writes.
     file: Arc<File>,
     acks: Option<File>,
+    /// Ack-file entries not yet written (see `flush_acks`).
+    pending_acks: Vec<u8>,
     /// Bytes of whole records in the file.
     pub len_bytes: u64,
     /// Records in the segment (recovered or appended).
@@ -78,6 +87,7 @@ impl Segment {
             number,
             file: Arc::new(file),
             acks: None,
+            pending_acks: Vec::new(),
             len_bytes: 0,
             records: 0,
             acked: 0,
@@ -94,6 +104,7 @@ impl Segment {
             number,
             file: Arc::new(file),
             acks: None,
+            pending_acks: Vec::new(),
             len_bytes,
             records: 0,
             acked: 0,
@@ -141,8 +152,25 @@ impl Segment {
         }
     }
 
-    /// Records that an offset is acked (durable on the next `sync_acks`).
-    pub fn ack(&mut self, dir: &Path, offset: u32) -> Result<()> {
+    /// Records that an offset is acked; written by the next `flush_acks`.
+    pub fn ack(&mut self, offset: u32) {
+        self.pending_acks.extend_from_slice(&offset.to_be_bytes());
+        self.acked += 1;
+    }
+
+    /// Records that the record at `offset` was handed to a consumer.
+    pub fn mark_delivered(&mut self, offset: u32) {
+        self.pending_acks
+            .extend_from_slice(&(offset | DELIVERED_BIT).to_be_bytes());
+    }
+
+    /// Writes buffered ack-file entries in one call. Not synced: losing the last acks to a
+    /// power cut only means redelivery, which at-least-once allows; a process crash loses
+    /// nothing written.
+    pub fn flush_acks(&mut self, dir: &Path) -> Result<()> {
+        if self.pending_acks.is_empty() {
+            return Ok(());
+        }
         if self.acks.is_none() {
             let file = OpenOptions::new()
                 .create(true)
@@ -151,9 +179,9 @@ impl Segment {
             self.acks = Some(file);
         }
         if let Some(acks) = self.acks.as_mut() {
-            acks.write_all(&offset.to_be_bytes())?;
+            acks.write_all(&self.pending_acks)?;
         }
-        self.acked += 1;
+        self.pending_acks.clear();
         Ok(())
     }
 
