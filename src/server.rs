@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ferrymq_broker::auth::{PasswordHash, User};
+use ferrymq_broker::storage::BrokerStorage;
 use ferrymq_broker::Broker;
-use ferrymq_store::DataDir;
+use ferrymq_store::{DataDir, Syncer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,8 +35,14 @@ impl Running {
 }
 
 /// Builds the broker state the configuration describes.
-pub fn build_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
-    let broker = Broker::new();
+pub fn build_broker(
+    config: &Config,
+    storage: Option<Arc<BrokerStorage>>,
+) -> anyhow::Result<Arc<Broker>> {
+    let broker = match storage {
+        Some(storage) => Broker::with_storage(storage),
+        None => Broker::new(),
+    };
     for vhost in &config.vhosts {
         broker.add_vhost(vhost);
     }
@@ -65,7 +72,15 @@ pub fn build_broker(config: &Config) -> anyhow::Result<Arc<Broker>> {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data_dir = DataDir::open(&config.data_dir)
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-    let broker = build_broker(&config)?;
+    let (syncer, _sync_thread) = Syncer::start();
+    let (storage, topology) =
+        BrokerStorage::open(data_dir.path(), syncer, config.segment_size_bytes)
+            .with_context(|| format!("reading definitions in {}", config.data_dir.display()))?;
+    let broker = build_broker(&config, Some(Arc::new(storage)))?;
+    broker
+        .restore(&topology)
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring definitions: {e}"))?;
     let listener = TcpListener::bind(config.amqp_listen)
         .await
         .with_context(|| format!("binding AMQP listener to {}", config.amqp_listen))?;

@@ -9,7 +9,8 @@ use ferrymq::server::{start, Running};
 pub struct TestBroker {
     pub addr: SocketAddr,
     running: Option<Running>,
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
+    config: Config,
 }
 
 impl TestBroker {
@@ -23,12 +24,32 @@ impl TestBroker {
         let mut config = Config::for_tests();
         config.data_dir = data_dir.path().to_path_buf();
         configure(&mut config);
-        let running = start(config).await.expect("broker starts");
+        let running = start(config.clone()).await.expect("broker starts");
         TestBroker {
             addr: running.amqp_addr,
             running: Some(running),
-            _data_dir: data_dir,
+            data_dir,
+            config,
         }
+    }
+
+    /// Shuts down (connections get 320) and starts again on the same data directory, as a
+    /// clean restart of the process would. The new broker listens on a new port.
+    pub async fn restart(mut self) -> TestBroker {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        let running = start(self.config.clone()).await.expect("broker restarts");
+        TestBroker {
+            addr: running.amqp_addr,
+            running: Some(running),
+            data_dir: self.data_dir,
+            config: self.config,
+        }
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
     }
 
     pub fn uri(&self) -> String {

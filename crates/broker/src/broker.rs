@@ -9,12 +9,18 @@ use parking_lot::RwLock;
 
 use crate::auth::{check_login, User};
 use crate::client::ClientId;
+use crate::definitions::Definition;
 use crate::error::{BrokerError, Result};
-use crate::vhost::VHost;
+use crate::exchange::{Destination, ExchangeConfig};
+use crate::queue::QueueConfig;
+use crate::storage::{BrokerStorage, Topology};
+use crate::vhost::{DestinationName, VHost};
 
 #[derive(Debug, Default)]
 pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// Durable definitions and queue files; `None` keeps everything in memory (tests).
+    storage: Option<Arc<BrokerStorage>>,
     users: RwLock<HashMap<String, User>>,
     next_client_id: AtomicU64,
 }
@@ -24,12 +30,89 @@ impl Broker {
         Arc::new(Broker::default())
     }
 
+    /// A broker whose durable definitions and messages live in `storage`.
+    pub fn with_storage(storage: Arc<BrokerStorage>) -> Arc<Self> {
+        Arc::new(Broker {
+            storage: Some(storage),
+            ..Broker::default()
+        })
+    }
+
+    /// Re-creates the durable exchanges, queues (which recover their messages) and
+    /// bindings read from the definitions log, then starts recording changes.
+    pub async fn restore(&self, topology: &Topology) -> Result<()> {
+        for definition in topology.definitions() {
+            self.restore_one(definition).await?;
+        }
+        if let Some(storage) = &self.storage {
+            storage.start_recording(topology).map_err(|e| {
+                BrokerError::internal(format!("rewriting the definitions log: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn restore_one(&self, definition: Definition) -> Result<()> {
+        match definition {
+            Definition::Exchange {
+                vhost,
+                name,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+            } => {
+                let config = ExchangeConfig {
+                    kind,
+                    durable: true,
+                    auto_delete,
+                    internal,
+                    arguments,
+                };
+                self.add_vhost(&vhost)
+                    .declare_exchange(&name, config, false)?;
+            }
+            Definition::Queue {
+                vhost,
+                name,
+                auto_delete,
+                arguments,
+            } => {
+                let config = QueueConfig {
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete,
+                    arguments,
+                };
+                self.add_vhost(&vhost)
+                    .declare_queue(&name, config, false, 0)
+                    .await?;
+            }
+            Definition::Binding(b) => {
+                let vhost = self.add_vhost(&b.vhost);
+                let source = vhost.exchange_or_404(&b.source)?;
+                let destination = match &b.destination {
+                    DestinationName::Queue(q) => Destination::Queue(vhost.queue_or_404(q)?),
+                    DestinationName::Exchange(x) => {
+                        Destination::Exchange(vhost.exchange_or_404(x)?)
+                    }
+                };
+                vhost.bind(&source, destination, b.routing_key, b.arguments)?;
+            }
+            // A folded topology holds no deletions.
+            Definition::ExchangeDeleted { .. }
+            | Definition::QueueDeleted { .. }
+            | Definition::Unbinding(_) => {}
+        }
+        Ok(())
+    }
+
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         Arc::clone(
             self.vhosts
                 .write()
                 .entry(name.to_string())
-                .or_insert_with(|| VHost::new(name)),
+                .or_insert_with(|| VHost::with_storage(name, self.storage.clone())),
         )
     }
 

@@ -11,6 +11,7 @@
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
 //! - [`message`]: an immutable published message shared by every queue it reaches.
+//! - [`storage`]: durable definitions and the directories of durable queues.
 //! - [`auth`]: users and RabbitMQ-compatible password hashes.
 //! - [`error`]: [`BrokerError`], a reply code and RabbitMQ's wording.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod storage;
 pub mod vhost;
 
 pub use broker::Broker;

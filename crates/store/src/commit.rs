@@ -41,7 +41,7 @@ pub struct SyncStats {
 
 /// The handle queue tasks use; clones share the one thread, which ends when the last
 /// handle is dropped.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Syncer {
     // Unbounded on purpose: a request is a few pointers, senders are queue tasks that must
     // never block, and every request is bounded by the queue's own unconfirmed window.

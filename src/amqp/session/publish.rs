@@ -16,6 +16,8 @@ use ferrymq_wire::{
     ShortStr, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
+use tokio::sync::oneshot;
+
 use super::Session;
 use crate::amqp::channel::{Confirms, PendingPublish, SettleKind, Transaction};
 use crate::amqp::error::{code, AmqpError, AmqpResult};
@@ -155,7 +157,7 @@ impl Session {
             tx.publishes.push((exchange, method, message));
             return Ok(());
         }
-        self.route_and_enqueue(id, &exchange, &method, message)
+        self.route_and_enqueue(id, &exchange, &method, message, None)
             .await;
         Ok(())
     }
@@ -199,6 +201,7 @@ impl Session {
         exchange: &Arc<Exchange>,
         method: &BasicPublish,
         message: Message,
+        mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
         let (message, queues) = self.route(exchange, message);
         let message = Arc::new(message);
@@ -226,12 +229,20 @@ impl Session {
             self.outbox.content(id, &message.properties, &message.body);
         }
         for queue in queues {
-            let confirm = confirm_seq.map(|seq| ConfirmTicket {
-                client: Arc::clone(&self.client),
-                channel: id,
-                epoch,
-                seq,
-            });
+            let confirm = match (confirm_seq, waiters.as_deref_mut()) {
+                (Some(seq), _) => Some(ConfirmTicket::Channel {
+                    client: Arc::clone(&self.client),
+                    channel: id,
+                    epoch,
+                    seq,
+                }),
+                (None, Some(waiters)) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(rx);
+                    Some(ConfirmTicket::Waiter(tx))
+                }
+                (None, None) => None,
+            };
             queue.publish(Arc::clone(&message), confirm).await;
         }
     }
@@ -307,9 +318,14 @@ impl Session {
             return Err(not_transactional(ids));
         };
         let Transaction { publishes } = std::mem::take(tx);
+        let mut waiters = Vec::new();
         for (exchange, method, message) in publishes {
-            self.route_and_enqueue(id, &exchange, &method, message)
+            self.route_and_enqueue(id, &exchange, &method, message, Some(&mut waiters))
                 .await;
+        }
+        // commit-ok means the persistent publishes are on disk, as after a confirm.
+        for waiter in waiters {
+            let _ = waiter.await;
         }
         for (kind, taken) in self.channel(id).take_marked() {
             self.send_settles(id, taken, kind).await;

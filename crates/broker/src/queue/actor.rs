@@ -10,11 +10,13 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 use super::backlog::{Backlog, Entry};
-use super::command::{ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
+use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
 use super::consumer::Consumer;
+use super::persist::{Persistence, QueueStorage, Restored};
 use super::QueueHandle;
 use crate::client::{ClientEvent, ClientId, Delivery};
 use crate::error::{BrokerError, Result};
+use crate::message::Message;
 use crate::vhost::VHost;
 
 /// Commands taken from the mailbox per wake-up before dispatching.
@@ -44,12 +46,15 @@ struct QueueState {
     /// have had one (RabbitMQ semantics).
     had_consumers: bool,
     deleted: bool,
+    /// The on-disk log of a durable queue.
+    persist: Option<Persistence>,
 }
 
 pub(super) async fn run(
     handle: Arc<QueueHandle>,
     vhost: Weak<VHost>,
     mut rx: mpsc::Receiver<QueueCmd>,
+    storage: Option<QueueStorage>,
 ) {
     let mut state = QueueState {
         handle,
@@ -62,7 +67,11 @@ pub(super) async fn run(
         next_consumer_key: 0,
         had_consumers: false,
         deleted: false,
+        persist: None,
     };
+    if let Some(storage) = storage {
+        state.recover(storage);
+    }
     let mut batch = Vec::with_capacity(MAILBOX_BATCH_COMMANDS_MAX);
     while !state.deleted {
         if rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX).await == 0 {
@@ -78,6 +87,9 @@ pub(super) async fn run(
         if !state.deleted {
             state.dispatch();
         }
+        if let Some(persist) = state.persist.as_mut() {
+            persist.commit();
+        }
     }
     // Whatever is still queued was sent to a queue that no longer exists.
     rx.close();
@@ -89,18 +101,7 @@ pub(super) async fn run(
 impl QueueState {
     fn handle_cmd(&mut self, cmd: QueueCmd) {
         match cmd {
-            QueueCmd::Publish { message, confirm } => {
-                let id = self.next_msg_id;
-                self.next_msg_id += 1;
-                self.backlog.push(Entry {
-                    id,
-                    message,
-                    redelivered: false,
-                });
-                if let Some(ticket) = confirm {
-                    ticket.settle(true);
-                }
-            }
+            QueueCmd::Publish { message, confirm } => self.publish(message, confirm),
             QueueCmd::Consume { consumer, reply } => {
                 let _ = reply.send(self.add_consumer(consumer));
             }
@@ -136,7 +137,11 @@ impl QueueState {
                 let _ = reply.send(self.get(client, channel, no_ack));
             }
             QueueCmd::Purge { reply } => {
-                let _ = reply.send(self.backlog.clear() as u32);
+                let purged = self.backlog.take_all();
+                for entry in &purged {
+                    self.forget_on_disk(entry);
+                }
+                let _ = reply.send(purged.len() as u32);
             }
             QueueCmd::Delete {
                 if_unused,
@@ -149,6 +154,80 @@ impl QueueState {
                 let _ = reply.send(self.counts());
             }
             QueueCmd::Wake => {}
+        }
+    }
+
+    /// Opens the log of a durable queue and puts its messages back, in order.
+    fn recover(&mut self, storage: QueueStorage) {
+        let dir = storage.dir.clone();
+        match Persistence::open(storage) {
+            Ok((persist, messages)) => {
+                for Restored {
+                    id,
+                    message,
+                    position,
+                    delivered,
+                } in messages
+                {
+                    self.next_msg_id = id + 1;
+                    self.backlog.push(Entry {
+                        id,
+                        message: Arc::new(message),
+                        redelivered: delivered,
+                        position: Some(position),
+                        delivery_noted: delivered,
+                    });
+                }
+                self.persist = Some(persist);
+            }
+            Err(e) => {
+                // Serving from memory beats not serving; the operator sees why.
+                tracing::error!(error = %e, dir = %dir.display(), queue = %self.handle.name, "queue log unusable, running in memory");
+            }
+        }
+    }
+
+    fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        let durable = message.persistent && self.persist.is_some();
+        let position = match self.persist.as_mut() {
+            Some(persist) if message.persistent => persist.append(id, &message),
+            _ => None,
+        };
+        self.backlog.push(Entry {
+            id,
+            message,
+            redelivered: false,
+            position,
+            delivery_noted: false,
+        });
+        let Some(ticket) = confirm else { return };
+        match (durable, position, self.persist.as_mut()) {
+            // Confirmed means on disk: after this batch's fdatasync.
+            (true, Some(_), Some(persist)) => persist.confirm_after_sync(ticket),
+            (true, _, _) => ticket.settle(false),
+            (false, _, _) => ticket.settle(true),
+        }
+    }
+
+    /// The message is done with: its record no longer needs to survive a restart.
+    fn forget_on_disk(&mut self, entry: &Entry) {
+        if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
+            persist.ack(position);
+        }
+    }
+
+    /// Before a message goes out: a no-ack delivery is done with; otherwise note on disk
+    /// that it was delivered, so that after a restart it comes back as redelivered.
+    fn note_delivery(&mut self, entry: &mut Entry, settled: bool) {
+        if settled {
+            self.forget_on_disk(entry);
+        } else if !entry.delivery_noted {
+            if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
+                persist.mark_delivered(position);
+                entry.delivery_noted = true;
+            }
         }
     }
 
@@ -205,6 +284,8 @@ impl QueueState {
             self.release_consumer_credit(held.consumer);
             if action == SettleAction::Requeue {
                 self.backlog.requeue(held.entry);
+            } else {
+                self.forget_on_disk(&held.entry);
             }
         }
     }
@@ -229,7 +310,8 @@ impl QueueState {
     }
 
     fn get(&mut self, client: ClientId, channel: u16, no_ack: bool) -> Option<GetOk> {
-        let entry = self.backlog.pop()?;
+        let mut entry = self.backlog.pop()?;
+        self.note_delivery(&mut entry, no_ack);
         let ok = GetOk {
             msg_id: entry.id,
             redelivered: entry.redelivered,
@@ -288,8 +370,11 @@ impl QueueState {
                 consumer_tag: tag,
             });
         }
-        self.backlog.clear();
+        self.backlog.take_all();
         self.unacked.clear();
+        if let Some(persist) = self.persist.take() {
+            persist.destroy();
+        }
     }
 
     /// Hands ready messages to consumers round-robin while any consumer has credit.
@@ -298,9 +383,11 @@ impl QueueState {
             let Some(index) = self.next_consumer_with_credit() else {
                 break;
             };
-            let Some(entry) = self.backlog.pop() else {
+            let Some(mut entry) = self.backlog.pop() else {
                 break;
             };
+            let no_ack = self.consumers[index].spec.no_ack;
+            self.note_delivery(&mut entry, no_ack);
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
             spec.client.deliver(Delivery {

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use ferrymq_store::Position;
+
 use crate::message::Message;
 
 #[derive(Debug, Clone)]
@@ -16,6 +18,10 @@ pub struct Entry {
     pub id: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// Where a persistent message of a durable queue is on disk.
+    pub position: Option<Position>,
+    /// Its delivery has been noted on disk (so a restart redelivers it flagged).
+    pub delivery_noted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -75,12 +81,12 @@ impl Backlog {
     }
 
     /// Removes every ready message and returns how many there were.
-    pub fn clear(&mut self) -> usize {
-        let count = self.len();
-        self.fresh.clear();
-        self.requeued.clear();
+    /// Removes every ready message and returns them (purge, delete).
+    pub fn take_all(&mut self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.fresh.drain(..).collect();
+        all.extend(std::mem::take(&mut self.requeued).into_values());
         self.bytes = 0;
-        count
+        all
     }
 }
 
@@ -101,6 +107,8 @@ mod tests {
             id,
             message: Arc::new(message),
             redelivered: false,
+            position: None,
+            delivery_noted: false,
         }
     }
 
@@ -131,7 +139,7 @@ mod tests {
         assert_eq!(backlog.bytes(), 6);
         backlog.pop();
         assert_eq!(backlog.bytes(), 3);
-        assert_eq!(backlog.clear(), 1);
+        assert_eq!(backlog.take_all().len(), 1);
         assert_eq!(backlog.bytes(), 0);
         assert!(backlog.pop().is_none());
     }

@@ -9,29 +9,39 @@ use crate::client::{ChannelCredit, ClientEvent, ClientHandle, ClientId};
 use crate::error::Result;
 use crate::message::Message;
 
-/// Where to report that a published message is safely enqueued (publisher confirms).
-#[derive(Debug, Clone)]
-pub struct ConfirmTicket {
-    pub client: Arc<ClientHandle>,
-    pub channel: u16,
-    pub epoch: u64,
-    pub seq: u64,
+/// Where to report that a published message is safely enqueued: in memory for a transient
+/// message, on disk (after fdatasync) for a persistent message on a durable queue.
+#[derive(Debug)]
+pub enum ConfirmTicket {
+    /// Publisher confirms: a basic.ack/nack for `seq` on the client's channel.
+    Channel {
+        client: Arc<ClientHandle>,
+        channel: u16,
+        epoch: u64,
+        seq: u64,
+    },
+    /// Someone waiting in the broker itself (tx.commit waits for its publishes).
+    Waiter(oneshot::Sender<bool>),
 }
 
 impl ConfirmTicket {
     pub fn settle(self, ack: bool) {
-        let ConfirmTicket {
-            client,
-            channel,
-            epoch,
-            seq,
-        } = self;
-        client.send(ClientEvent::Confirm {
-            channel,
-            epoch,
-            seq,
-            ack,
-        });
+        match self {
+            ConfirmTicket::Channel {
+                client,
+                channel,
+                epoch,
+                seq,
+            } => client.send(ClientEvent::Confirm {
+                channel,
+                epoch,
+                seq,
+                ack,
+            }),
+            ConfirmTicket::Waiter(waiter) => {
+                let _ = waiter.send(ack);
+            }
+        }
     }
 }
 

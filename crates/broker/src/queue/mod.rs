@@ -10,6 +10,7 @@ mod actor;
 mod backlog;
 mod command;
 mod consumer;
+mod persist;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,6 +24,7 @@ use crate::message::Message;
 use crate::vhost::VHost;
 
 pub use command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
+pub use persist::QueueStorage;
 
 /// Commands a queue's mailbox holds before publishers must wait.
 pub const QUEUE_MAILBOX_COMMANDS_MAX: usize = 4096;
@@ -62,7 +64,16 @@ impl QueueHandle {
             deleted: AtomicBool::new(false),
         });
         let weak_vhost: Weak<VHost> = Arc::downgrade(vhost);
-        tokio::spawn(actor::run(Arc::clone(&handle), weak_vhost, rx));
+        // Only durable queues keep a log; a broker without storage keeps all in memory.
+        let storage = vhost
+            .storage()
+            .filter(|_| handle.config.durable)
+            .map(|s| QueueStorage {
+                dir: s.queue_dir(vhost.name(), &handle.name),
+                syncer: s.syncer.clone(),
+                segment_size_bytes: s.segment_size_bytes,
+            });
+        tokio::spawn(actor::run(Arc::clone(&handle), weak_vhost, rx, storage));
         handle
     }
 

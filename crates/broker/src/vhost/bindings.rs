@@ -78,6 +78,7 @@ impl VHost {
         if group.arguments.contains(&arguments) {
             return Ok(());
         }
+        self.record_binding(true, source, &destination, &routing_key, &arguments);
         source
             .routes()
             .write()
@@ -113,6 +114,7 @@ impl VHost {
             return Ok(());
         };
         group.arguments.swap_remove(at);
+        self.record_binding(false, source, destination, routing_key, arguments);
         source
             .routes()
             .write()

@@ -9,6 +9,7 @@ use super::bindings::{Definitions, DestinationName};
 use super::equivalence::{check_exchange_equivalence, check_queue_equivalence};
 use super::VHost;
 use crate::client::ClientId;
+use crate::definitions::Definition;
 use crate::error::{BrokerError, Result};
 use crate::exchange::{field_type_name, Exchange, ExchangeConfig};
 use crate::queue::{QueueConfig, QueueCounts, QueueHandle};
@@ -48,6 +49,17 @@ impl VHost {
         check_name("exchange", name)?;
         self.check_alternate_type(name, &config)?;
         let exchange = Arc::new(Exchange::new(name.clone(), config));
+        if exchange.config.durable {
+            let c = &exchange.config;
+            self.record(|vhost| Definition::Exchange {
+                vhost,
+                name: name.clone(),
+                kind: c.kind,
+                auto_delete: c.auto_delete,
+                internal: c.internal,
+                arguments: c.arguments.clone(),
+            });
+        }
         self.exchanges
             .write()
             .insert(name.clone(), Arc::clone(&exchange));
@@ -109,6 +121,12 @@ impl VHost {
             }
         }
         exchange.mark_deleted();
+        if exchange.config.durable {
+            self.record(|vhost| Definition::ExchangeDeleted {
+                vhost,
+                name: exchange.name.clone(),
+            });
+        }
         self.unbind_source_locked(defs, &exchange.name);
         self.unbind_destination_locked(defs, &DestinationName::Exchange(exchange.name.clone()));
     }
@@ -146,6 +164,14 @@ impl VHost {
                         .this
                         .upgrade()
                         .ok_or_else(|| BrokerError::internal("vhost is shutting down"))?;
+                    if config.durable {
+                        self.record(|vhost| Definition::Queue {
+                            vhost,
+                            name: name.clone(),
+                            auto_delete: config.auto_delete,
+                            arguments: config.arguments.clone(),
+                        });
+                    }
                     let queue = QueueHandle::spawn(name.clone(), &vhost, config);
                     self.queues.write().insert(name, Arc::clone(&queue));
                     return Ok(QueueDeclared {
@@ -195,6 +221,12 @@ impl VHost {
                 }
                 _ => return,
             }
+        }
+        if queue.config.durable {
+            self.record(|vhost| Definition::QueueDeleted {
+                vhost,
+                name: queue.name.clone(),
+            });
         }
         self.unbind_destination_locked(&mut defs, &DestinationName::Queue(queue.name.clone()));
     }

@@ -17,9 +17,11 @@ use ferrymq_wire::{FieldTable, ShortStr};
 use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 
+use crate::definitions::{BindingDefinition, Definition};
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Destination, Exchange, ExchangeConfig, ExchangeType};
 use crate::queue::QueueHandle;
+use crate::storage::BrokerStorage;
 
 use bindings::Definitions;
 pub use bindings::DestinationName;
@@ -33,6 +35,8 @@ pub struct VHost {
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<QueueHandle>>>,
     definitions: Mutex<Definitions>,
+    /// Where durable definitions and queues are kept; `None`: everything in memory.
+    storage: Option<Arc<BrokerStorage>>,
     /// Direct reply-to consumers of this vhost, by the address handed out for them.
     pub direct_replies: crate::direct_reply::DirectReplies,
     /// For queue tasks, which need to remove themselves when they are deleted.
@@ -60,8 +64,14 @@ const PREDECLARED_EXCHANGES: [(&str, ExchangeType, bool); 7] = [
 
 impl VHost {
     pub fn new(name: &str) -> Arc<VHost> {
+        Self::with_storage(name, None)
+    }
+
+    /// A vhost whose durable definitions and queues are kept in `storage`.
+    pub fn with_storage(name: &str, storage: Option<Arc<BrokerStorage>>) -> Arc<VHost> {
         let vhost = Arc::new_cyclic(|this| VHost {
             name: Arc::from(name),
+            storage,
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             definitions: Mutex::new(Definitions::default()),
@@ -87,6 +97,49 @@ impl VHost {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn storage(&self) -> Option<&Arc<BrokerStorage>> {
+        self.storage.as_ref()
+    }
+
+    /// Appends a durable change to the definitions log (callers hold `definitions`, so
+    /// the log sees changes in the order they happened).
+    fn record(&self, definition: impl FnOnce(ShortStr) -> Definition) {
+        if let Some(storage) = &self.storage {
+            storage.record(&definition(ShortStr::from(&*self.name)));
+        }
+    }
+
+    fn record_binding(
+        &self,
+        bound: bool,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &ShortStr,
+        arguments: &FieldTable,
+    ) {
+        let durable_destination = match destination {
+            Destination::Queue(q) => q.config.durable,
+            Destination::Exchange(x) => x.config.durable,
+        };
+        if !(source.config.durable && durable_destination) {
+            return;
+        }
+        self.record(|vhost| {
+            let binding = BindingDefinition {
+                vhost,
+                source: source.name.clone(),
+                destination: bindings::destination_name(destination),
+                routing_key: routing_key.clone(),
+                arguments: arguments.clone(),
+            };
+            if bound {
+                Definition::Binding(binding)
+            } else {
+                Definition::Unbinding(binding)
+            }
+        });
     }
 
     pub(crate) fn name_arc(&self) -> Arc<str> {

@@ -1,0 +1,277 @@
+//! What the core keeps on disk: durable definitions (through the definitions log) and, for
+//! each durable queue, a directory its task writes its log into.
+//!
+//! ```text
+//!  <data_dir>/definitions.log           durable topology (see `definitions`)
+//!  <data_dir>/queues/<32 hex digits>/   one durable queue's segments and ack files;
+//!                                       the name is SHA-256(vhost ‖ 0 ‖ queue name), since
+//!                                       queue names may hold any character
+//! ```
+//!
+//! At start the log is folded into the topology it describes (later commands win, deleting
+//! an exchange or queue drops its bindings), applied, and written back as a compact
+//! snapshot. Directories of queues that are not in the topology (deleted while the broker
+//! was going down) are removed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferrymq_store::{DefinitionsLog, Syncer};
+use ferrymq_wire::ShortStr;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::definitions::{BindingDefinition, Definition};
+use crate::vhost::DestinationName;
+
+const QUEUES_DIR: &str = "queues";
+
+#[derive(Debug)]
+pub struct BrokerStorage {
+    data_dir: PathBuf,
+    pub syncer: Syncer,
+    pub segment_size_bytes: u64,
+    definitions: Mutex<DefinitionsLog>,
+    /// Off while the log is being replayed, so replaying does not append to it.
+    recording: AtomicBool,
+}
+
+impl BrokerStorage {
+    /// Opens the definitions log in `data_dir` and returns the storage and the topology to
+    /// restore. Recording starts with [`BrokerStorage::start_recording`].
+    pub fn open(
+        data_dir: &Path,
+        syncer: Syncer,
+        segment_size_bytes: u64,
+    ) -> ferrymq_store::Result<(BrokerStorage, Topology)> {
+        let (log, replay) = DefinitionsLog::open(data_dir)?;
+        if replay.corrupt_entries > 0 {
+            tracing::warn!(
+                entries = replay.corrupt_entries,
+                "skipped corrupt entries in definitions.log"
+            );
+        }
+        let mut topology = Topology::default();
+        for entry in replay.entries {
+            match Definition::decode(entry) {
+                Ok(definition) => topology.apply(definition),
+                Err(e) => tracing::error!(error = %e, "skipping a definition that does not decode"),
+            }
+        }
+        let storage = BrokerStorage {
+            data_dir: data_dir.to_path_buf(),
+            syncer,
+            segment_size_bytes,
+            definitions: Mutex::new(log),
+            recording: AtomicBool::new(false),
+        };
+        Ok((storage, topology))
+    }
+
+    /// Rewrites the log as `topology` and starts recording changes.
+    pub fn start_recording(&self, topology: &Topology) -> ferrymq_store::Result<()> {
+        let snapshot: Vec<_> = topology
+            .definitions()
+            .iter()
+            .map(Definition::encode)
+            .collect();
+        self.definitions.lock().compact(&snapshot)?;
+        self.remove_orphan_queue_dirs(topology)?;
+        self.recording.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends a change to the definitions log (fsynced before returning). A failure is
+    /// logged: the change is live, but will not survive a restart.
+    pub fn record(&self, definition: &Definition) {
+        if !self.recording.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.definitions.lock().append(&definition.encode()) {
+            tracing::error!(error = %e, ?definition, "could not record a durable definition");
+        }
+    }
+
+    pub fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        let digest = Sha256::new()
+            .chain_update(vhost)
+            .chain_update([0u8])
+            .chain_update(name)
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.data_dir.join(QUEUES_DIR).join(hex)
+    }
+
+    fn remove_orphan_queue_dirs(&self, topology: &Topology) -> std::io::Result<()> {
+        let root = self.data_dir.join(QUEUES_DIR);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return Ok(());
+        };
+        let keep: HashSet<PathBuf> = topology
+            .queues
+            .iter()
+            .map(|q| self.queue_dir(&q.0, &q.1))
+            .collect();
+        for entry in entries {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing the files of a deleted queue");
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The durable topology a definitions log describes, in the order to restore it.
+#[derive(Debug, Default)]
+pub struct Topology {
+    /// (vhost, name) → the exchange's definition
+    exchanges: Vec<((ShortStr, ShortStr), Definition)>,
+    queues: Vec<(ShortStr, ShortStr)>,
+    queue_definitions: Vec<Definition>,
+    bindings: Vec<BindingDefinition>,
+}
+
+impl Topology {
+    fn apply(&mut self, definition: Definition) {
+        match definition {
+            Definition::Exchange {
+                ref vhost,
+                ref name,
+                ..
+            } => {
+                let key = (vhost.clone(), name.clone());
+                self.exchanges.retain(|(k, _)| *k != key);
+                self.exchanges.push((key, definition));
+            }
+            Definition::ExchangeDeleted { vhost, name } => {
+                self.exchanges
+                    .retain(|(k, _)| *k != (vhost.clone(), name.clone()));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost
+                        && (b.source == name
+                            || b.destination == DestinationName::Exchange(name.clone())))
+                });
+            }
+            Definition::Queue {
+                ref vhost,
+                ref name,
+                ..
+            } => {
+                let key = (vhost.clone(), name.clone());
+                if let Some(at) = self.queues.iter().position(|k| *k == key) {
+                    self.queues.remove(at);
+                    self.queue_definitions.remove(at);
+                }
+                self.queues.push(key);
+                self.queue_definitions.push(definition);
+            }
+            Definition::QueueDeleted { vhost, name } => {
+                let key = (vhost.clone(), name.clone());
+                if let Some(at) = self.queues.iter().position(|k| *k == key) {
+                    self.queues.remove(at);
+                    self.queue_definitions.remove(at);
+                }
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost && b.destination == DestinationName::Queue(name.clone()))
+                });
+            }
+            Definition::Binding(binding) => {
+                if !self.bindings.contains(&binding) {
+                    self.bindings.push(binding);
+                }
+            }
+            Definition::Unbinding(binding) => self.bindings.retain(|b| *b != binding),
+        }
+    }
+
+    /// Every definition, exchanges first, then queues, then bindings.
+    pub fn definitions(&self) -> Vec<Definition> {
+        let mut all: Vec<Definition> = self.exchanges.iter().map(|(_, d)| d.clone()).collect();
+        all.extend(self.queue_definitions.iter().cloned());
+        all.extend(self.bindings.iter().cloned().map(Definition::Binding));
+        all
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.queues.is_empty() && self.bindings.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::ExchangeType;
+    use ferrymq_wire::FieldTable;
+
+    fn exchange(name: &str) -> Definition {
+        Definition::Exchange {
+            vhost: "/".into(),
+            name: name.into(),
+            kind: ExchangeType::Direct,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    fn queue(name: &str) -> Definition {
+        Definition::Queue {
+            vhost: "/".into(),
+            name: name.into(),
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    fn binding(source: &str, queue: &str) -> BindingDefinition {
+        BindingDefinition {
+            vhost: "/".into(),
+            source: source.into(),
+            destination: DestinationName::Queue(queue.into()),
+            routing_key: "k".into(),
+            arguments: FieldTable::new(),
+        }
+    }
+
+    #[test]
+    fn deleting_a_queue_or_exchange_drops_its_bindings_from_the_fold() {
+        let mut t = Topology::default();
+        for d in [exchange("x"), exchange("y"), queue("q1"), queue("q2")] {
+            t.apply(d);
+        }
+        t.apply(Definition::Binding(binding("x", "q1")));
+        t.apply(Definition::Binding(binding("y", "q2")));
+        t.apply(Definition::Binding(binding("x", "q2")));
+        t.apply(Definition::QueueDeleted {
+            vhost: "/".into(),
+            name: "q1".into(),
+        });
+        t.apply(Definition::ExchangeDeleted {
+            vhost: "/".into(),
+            name: "y".into(),
+        });
+        let left = t.definitions();
+        assert_eq!(
+            left,
+            vec![
+                exchange("x"),
+                queue("q2"),
+                Definition::Binding(binding("x", "q2"))
+            ]
+        );
+    }
+
+    #[test]
+    fn unbinding_and_redeclaring_fold_to_the_last_state() {
+        let mut t = Topology::default();
+        t.apply(queue("q"));
+        t.apply(exchange("x"));
+        t.apply(Definition::Binding(binding("x", "q")));
+        t.apply(Definition::Unbinding(binding("x", "q")));
+        t.apply(queue("q"));
+        assert_eq!(t.definitions(), vec![exchange("x"), queue("q")]);
+    }
+}
