@@ -80,6 +80,8 @@ settings! {
     shutdown_timeout_ms ("FERRYMQ_SHUTDOWN_TIMEOUT_MS"): u64 = 5_000,
     /// Size at which a queue's segment file is closed and a new one started.
     segment_size_bytes ("FERRYMQ_SEGMENT_SIZE_BYTES"): u64 = 32 * 1024 * 1024,
+    /// Ready messages a queue keeps in memory; beyond them messages wait on disk (paging).
+    queue_window_messages ("FERRYMQ_QUEUE_WINDOW_MESSAGES"): usize = 16_384,
     /// Resident memory at which publishers are blocked; 0 = 40% of physical memory (RabbitMQ's default).
     memory_high_watermark_bytes ("FERRYMQ_MEMORY_HIGH_WATERMARK_BYTES"): u64 = 0,
     /// Free disk below which publishers are blocked; 0 = three segments.

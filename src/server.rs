@@ -73,9 +73,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let data_dir = DataDir::open(&config.data_dir)
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let (syncer, _sync_thread) = Syncer::start();
-    let (storage, topology) =
-        BrokerStorage::open(data_dir.path(), syncer, config.segment_size_bytes)
-            .with_context(|| format!("reading definitions in {}", config.data_dir.display()))?;
+    let (storage, topology) = BrokerStorage::open(
+        data_dir.path(),
+        syncer,
+        config.segment_size_bytes,
+        config.queue_window_messages,
+    )
+    .with_context(|| format!("reading definitions in {}", config.data_dir.display()))?;
     let broker = build_broker(&config, Some(Arc::new(storage)))?;
     broker
         .restore(&topology)

@@ -6,6 +6,8 @@
 //!  <data_dir>/queues/<32 hex digits>/   one durable queue's segments and ack files;
 //!                                       the name is SHA-256(vhost ‖ 0 ‖ queue name), since
 //!                                       queue names may hold any character
+//!  <data_dir>/paging/<n>/               the log a non-durable queue pages into; the whole
+//!                                       folder is removed at every start
 //! ```
 //!
 //! At start the log is folded into the topology it describes (later commands win, deleting
@@ -26,13 +28,18 @@ use crate::definitions::{BindingDefinition, Definition};
 use crate::vhost::DestinationName;
 
 const QUEUES_DIR: &str = "queues";
+const PAGING_DIR: &str = "paging";
 
 #[derive(Debug)]
 pub struct BrokerStorage {
     data_dir: PathBuf,
     pub syncer: Syncer,
     pub segment_size_bytes: u64,
+    /// Ready messages a queue keeps in memory before further ones stay on disk.
+    pub window_messages: usize,
     definitions: Mutex<DefinitionsLog>,
+    /// Numbers the paging folders of non-durable queues.
+    next_paging_dir: std::sync::atomic::AtomicU64,
     /// Off while the log is being replayed, so replaying does not append to it.
     recording: AtomicBool,
 }
@@ -44,7 +51,13 @@ impl BrokerStorage {
         data_dir: &Path,
         syncer: Syncer,
         segment_size_bytes: u64,
+        window_messages: usize,
     ) -> ferrymq_store::Result<(BrokerStorage, Topology)> {
+        // Paged transient messages never outlive the broker.
+        match std::fs::remove_dir_all(data_dir.join(PAGING_DIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let (log, replay) = DefinitionsLog::open(data_dir)?;
         if replay.corrupt_entries > 0 {
             tracing::warn!(
@@ -63,7 +76,9 @@ impl BrokerStorage {
             data_dir: data_dir.to_path_buf(),
             syncer,
             segment_size_bytes,
+            window_messages,
             definitions: Mutex::new(log),
+            next_paging_dir: Default::default(),
             recording: AtomicBool::new(false),
         };
         Ok((storage, topology))
@@ -91,6 +106,12 @@ impl BrokerStorage {
         if let Err(e) = self.definitions.lock().append(&definition.encode()) {
             tracing::error!(error = %e, ?definition, "could not record a durable definition");
         }
+    }
+
+    /// A folder of its own for a non-durable queue's paging log (created when it pages).
+    pub fn new_paging_dir(&self) -> PathBuf {
+        let n = self.next_paging_dir.fetch_add(1, Ordering::Relaxed);
+        self.data_dir.join(PAGING_DIR).join(n.to_string())
     }
 
     pub fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::Result;
 use crate::record::{Record, RecordKind};
@@ -19,9 +19,13 @@ use crate::segment::{self, list_segments, read_acks, Position, Segment, DELIVERE
 #[derive(Debug)]
 pub struct RecoveredMessage {
     pub position: Position,
-    pub record: Record,
+    pub seq: u64,
+    pub body_size: u32,
     /// It had been handed to a consumer before the restart: it returns redelivered.
     pub delivered: bool,
+    /// The record itself, for the first `keep_records` messages (copied out of the segment
+    /// so the segment's buffer is freed); the others are read back when their turn comes.
+    pub record: Option<Record>,
 }
 
 /// What a queue gets back from recovery: its live messages, oldest first.
@@ -51,6 +55,16 @@ impl QueueLog {
     /// Opens (creating if needed) the log in `dir` and recovers it: torn tails are
     /// truncated, corrupt records skipped, transient and acked records dropped.
     pub fn open(dir: &Path, segment_size_bytes: u64) -> Result<(QueueLog, Recovered)> {
+        Self::open_keeping(dir, segment_size_bytes, usize::MAX)
+    }
+
+    /// Like [`QueueLog::open`], returning whole records for the oldest `keep_records`
+    /// messages only: recovering a deep queue must not load it into memory.
+    pub fn open_keeping(
+        dir: &Path,
+        segment_size_bytes: u64,
+        keep_records: usize,
+    ) -> Result<(QueueLog, Recovered)> {
         fs::create_dir_all(dir)?;
         let mut recovered = Recovered::default();
         let mut segments = BTreeMap::new();
@@ -84,18 +98,22 @@ impl QueueLog {
                     seg.acked += 1;
                     continue;
                 }
+                let keep = recovered.messages.len() < keep_records;
                 recovered.messages.push(RecoveredMessage {
                     position: Position {
                         segment: number,
                         offset,
                     },
-                    record,
+                    seq: record.seq,
+                    body_size: record.body.len() as u32,
                     delivered: delivered.contains(&offset),
+                    record: keep.then(|| detached(&record)),
                 });
             }
             segments.insert(number, seg);
         }
-        recovered.messages.sort_by_key(|m| m.record.seq);
+        // Records are appended in seq order and segments are read in order.
+        debug_assert!(recovered.messages.windows(2).all(|w| w[0].seq < w[1].seq));
         let mut log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size_bytes,
@@ -257,6 +275,19 @@ impl QueueLog {
     }
 }
 
+/// A copy of a record that does not keep the segment buffer it was read from alive.
+fn detached(record: &Record) -> Record {
+    Record {
+        kind: record.kind,
+        seq: record.seq,
+        expiry_ms: record.expiry_ms,
+        exchange: Bytes::copy_from_slice(&record.exchange),
+        routing_key: Bytes::copy_from_slice(&record.routing_key),
+        properties: Bytes::copy_from_slice(&record.properties),
+        body: Bytes::copy_from_slice(&record.body),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +306,7 @@ mod tests {
     }
 
     fn seqs(recovered: &Recovered) -> Vec<u64> {
-        recovered.messages.iter().map(|m| m.record.seq).collect()
+        recovered.messages.iter().map(|m| m.seq).collect()
     }
 
     #[test]
@@ -306,16 +337,43 @@ mod tests {
             .messages
             .iter()
             .filter(|m| m.delivered)
-            .map(|m| m.record.seq)
+            .map(|m| m.seq)
             .collect();
         assert_eq!(delivered, vec![2], "delivery marks survive the restart");
         let delivered: Vec<u64> = recovered
             .messages
             .iter()
             .filter(|m| m.delivered)
-            .map(|m| m.record.seq)
+            .map(|m| m.seq)
             .collect();
         assert_eq!(delivered, vec![2]);
+    }
+
+    #[test]
+    fn recovery_keeps_records_only_for_the_oldest_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = QueueLog::open(dir.path(), 1 << 20).unwrap();
+        for seq in 0..10 {
+            log.append(&record(seq, RecordKind::Persistent, 8)).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (mut log, recovered) = QueueLog::open_keeping(dir.path(), 1 << 20, 3).unwrap();
+        let kept: Vec<bool> = recovered
+            .messages
+            .iter()
+            .map(|m| m.record.is_some())
+            .collect();
+        assert_eq!(
+            kept,
+            [true, true, true, false, false, false, false, false, false, false]
+        );
+        let later = &recovered.messages[7];
+        assert_eq!(later.body_size, 8);
+        assert_eq!(
+            log.read(later.position).unwrap(),
+            record(7, RecordKind::Persistent, 8)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
-use super::backlog::{Backlog, Entry};
+use super::backlog::{Backlog, Entry, PagedEntry};
 use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
 use super::consumer::Consumer;
 use super::persist::{Persistence, QueueStorage, Restored};
@@ -48,6 +48,10 @@ struct QueueState {
     deleted: bool,
     /// The on-disk log of a durable queue.
     persist: Option<Persistence>,
+    /// How this queue may use the disk (`None`: memory only).
+    storage: Option<QueueStorage>,
+    /// Ready messages kept in memory; more stay on disk.
+    window: usize,
 }
 
 pub(super) async fn run(
@@ -68,9 +72,13 @@ pub(super) async fn run(
         had_consumers: false,
         deleted: false,
         persist: None,
+        window: storage
+            .as_ref()
+            .map_or(usize::MAX, |s| s.window_messages.max(1)),
+        storage,
     };
-    if let Some(storage) = storage {
-        state.recover(storage);
+    if let Some(dir) = state.storage.as_ref().and_then(|s| s.durable_dir.clone()) {
+        state.recover(&dir);
     }
     let mut batch = Vec::with_capacity(MAILBOX_BATCH_COMMANDS_MAX);
     while !state.deleted {
@@ -137,11 +145,7 @@ impl QueueState {
                 let _ = reply.send(self.get(client, channel, no_ack));
             }
             QueueCmd::Purge { reply } => {
-                let purged = self.backlog.take_all();
-                for entry in &purged {
-                    self.forget_on_disk(entry);
-                }
-                let _ = reply.send(purged.len() as u32);
+                let _ = reply.send(self.drop_ready() as u32);
             }
             QueueCmd::Delete {
                 if_unused,
@@ -157,26 +161,16 @@ impl QueueState {
         }
     }
 
-    /// Opens the log of a durable queue and puts its messages back, in order.
-    fn recover(&mut self, storage: QueueStorage) {
-        let dir = storage.dir.clone();
-        match Persistence::open(storage) {
+    /// Opens the log of a durable queue and puts its messages back, in order: the oldest
+    /// (up to the window) in memory, the rest as paged entries.
+    fn recover(&mut self, dir: &std::path::Path) {
+        let Some(storage) = self.storage.as_ref() else {
+            return;
+        };
+        match Persistence::open_durable(storage, dir) {
             Ok((persist, messages)) => {
-                for Restored {
-                    id,
-                    message,
-                    position,
-                    delivered,
-                } in messages
-                {
-                    self.next_msg_id = id + 1;
-                    self.backlog.push(Entry {
-                        id,
-                        message: Arc::new(message),
-                        redelivered: delivered,
-                        position: Some(position),
-                        delivery_noted: delivered,
-                    });
+                for restored in messages {
+                    self.restore(restored);
                 }
                 self.persist = Some(persist);
             }
@@ -187,28 +181,132 @@ impl QueueState {
         }
     }
 
+    fn restore(&mut self, restored: Restored) {
+        let Restored {
+            id,
+            position,
+            body_size,
+            delivered,
+            message,
+        } = restored;
+        self.next_msg_id = id + 1;
+        match message {
+            Some(message) => self.backlog.push(Entry {
+                id,
+                message: Arc::new(message),
+                redelivered: delivered,
+                position: Some(position),
+                delivery_noted: delivered,
+            }),
+            None => self.backlog.push_paged(PagedEntry {
+                id,
+                position,
+                redelivered: delivered,
+                delivery_noted: delivered,
+                body_size,
+            }),
+        }
+    }
+
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
-        let durable = message.persistent && self.persist.is_some();
-        let position = match self.persist.as_mut() {
-            Some(persist) if message.persistent => persist.append(id, &message),
+        let keeps = self.persist.as_ref().is_some_and(|p| p.keeps(&message));
+        let page_out = self.backlog.paged_len() > 0 || self.backlog.in_memory() >= self.window;
+        let position = match self.log_for(keeps || page_out) {
+            Some(persist) if keeps || page_out => persist.append(id, &message),
             _ => None,
         };
-        self.backlog.push(Entry {
-            id,
-            message,
-            redelivered: false,
-            position,
-            delivery_noted: false,
-        });
+        match position {
+            Some(position) if page_out => self.backlog.push_paged(PagedEntry {
+                id,
+                position,
+                redelivered: false,
+                delivery_noted: false,
+                body_size: message.body_size() as u32,
+            }),
+            _ => self.backlog.push(Entry {
+                id,
+                message,
+                redelivered: false,
+                position,
+                delivery_noted: false,
+            }),
+        }
         let Some(ticket) = confirm else { return };
-        match (durable, position, self.persist.as_mut()) {
+        match (keeps, position, self.persist.as_mut()) {
             // Confirmed means on disk: after this batch's fdatasync.
             (true, Some(_), Some(persist)) => persist.confirm_after_sync(ticket),
             (true, _, _) => ticket.settle(false),
             (false, _, _) => ticket.settle(true),
         }
+    }
+
+    /// The queue's log, opening a paging log for a non-durable queue when `needed`.
+    fn log_for(&mut self, needed: bool) -> Option<&mut Persistence> {
+        if self.persist.is_none() && needed {
+            let storage = self.storage.as_ref()?;
+            let dir = storage.paging_dir.clone();
+            match Persistence::open_paging(storage, &dir) {
+                Ok(persist) => self.persist = Some(persist),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(), "cannot page to disk, keeping messages in memory");
+                    self.window = usize::MAX;
+                }
+            }
+        }
+        self.persist.as_mut()
+    }
+
+    /// The next ready message, loading the window back from disk when memory ran dry.
+    fn next_ready(&mut self) -> Option<Entry> {
+        loop {
+            if let Some(entry) = self.backlog.pop() {
+                return Some(entry);
+            }
+            if self.backlog.paged_len() == 0 {
+                return None;
+            }
+            self.refill();
+        }
+    }
+
+    /// Reads paged messages back into memory, oldest first, up to the window.
+    fn refill(&mut self) {
+        let Some(persist) = self.persist.as_mut() else {
+            return;
+        };
+        while self.backlog.in_memory() < self.window {
+            let Some(paged) = self.backlog.pop_paged() else {
+                break;
+            };
+            match persist.read(paged.position) {
+                Some(message) => self.backlog.push(Entry {
+                    id: paged.id,
+                    message: Arc::new(message),
+                    redelivered: paged.redelivered,
+                    position: Some(paged.position),
+                    delivery_noted: paged.delivery_noted,
+                }),
+                // Unreadable (logged): do not let it block the queue forever.
+                None => persist.ack(paged.position),
+            }
+        }
+    }
+
+    /// Drops every ready message (purge); returns how many there were.
+    fn drop_ready(&mut self) -> usize {
+        let (entries, paged) = self.backlog.take_all();
+        let count = entries.len() + paged.len();
+        for entry in &entries {
+            self.forget_on_disk(entry);
+        }
+        if let Some(persist) = self.persist.as_mut() {
+            for p in paged {
+                persist.ack(p.position);
+            }
+        }
+        count
     }
 
     /// The message is done with: its record no longer needs to survive a restart.
@@ -223,7 +321,7 @@ impl QueueState {
     fn note_delivery(&mut self, entry: &mut Entry, settled: bool) {
         if settled {
             self.forget_on_disk(entry);
-        } else if !entry.delivery_noted {
+        } else if !entry.delivery_noted && entry.message.persistent {
             if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
                 persist.mark_delivered(position);
                 entry.delivery_noted = true;
@@ -310,7 +408,7 @@ impl QueueState {
     }
 
     fn get(&mut self, client: ClientId, channel: u16, no_ack: bool) -> Option<GetOk> {
-        let mut entry = self.backlog.pop()?;
+        let mut entry = self.next_ready()?;
         self.note_delivery(&mut entry, no_ack);
         let ok = GetOk {
             msg_id: entry.id,
@@ -372,6 +470,7 @@ impl QueueState {
         }
         self.backlog.take_all();
         self.unacked.clear();
+        // The whole log goes, so nothing needs acking first.
         if let Some(persist) = self.persist.take() {
             persist.destroy();
         }
@@ -383,7 +482,9 @@ impl QueueState {
             let Some(index) = self.next_consumer_with_credit() else {
                 break;
             };
-            let Some(mut entry) = self.backlog.pop() else {
+            let Some(mut entry) = self.next_ready() else {
+                // Only unreadable paged messages were left: give the credit back.
+                self.consumers[index].give_back_credit();
                 break;
             };
             let no_ack = self.consumers[index].spec.no_ack;

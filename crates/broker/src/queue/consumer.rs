@@ -40,4 +40,11 @@ impl Consumer {
         }
         self.spec.channel_credit.try_acquire()
     }
+
+    /// Undoes a `try_reserve` whose delivery did not happen.
+    pub fn give_back_credit(&mut self) {
+        if !self.spec.no_ack {
+            self.spec.channel_credit.release(1);
+        }
+    }
 }

@@ -65,14 +65,16 @@ impl QueueHandle {
         });
         let weak_vhost: Weak<VHost> = Arc::downgrade(vhost);
         // Only durable queues keep a log; a broker without storage keeps all in memory.
-        let storage = vhost
-            .storage()
-            .filter(|_| handle.config.durable)
-            .map(|s| QueueStorage {
-                dir: s.queue_dir(vhost.name(), &handle.name),
-                syncer: s.syncer.clone(),
-                segment_size_bytes: s.segment_size_bytes,
-            });
+        let storage = vhost.storage().map(|s| QueueStorage {
+            durable_dir: handle
+                .config
+                .durable
+                .then(|| s.queue_dir(vhost.name(), &handle.name)),
+            paging_dir: s.new_paging_dir(),
+            syncer: s.syncer.clone(),
+            segment_size_bytes: s.segment_size_bytes,
+            window_messages: s.window_messages,
+        });
         tokio::spawn(actor::run(Arc::clone(&handle), weak_vhost, rx, storage));
         handle
     }

@@ -1,10 +1,15 @@
-//! A durable queue's link to its log on disk.
+//! A queue's log on disk: durability for a durable queue's persistent messages, and the
+//! place where any queue keeps the messages beyond its memory window.
 //!
-//! Persistent messages are appended as they arrive; at the end of each mailbox batch the
-//! queue writes them and hands the files to the group-commit thread, and the confirms of
-//! that batch are settled when the fdatasync is done. Acks and delivery marks are buffered
-//! and written once per batch too. Transient messages are not written (they do not survive
-//! a restart anyway); paging them to disk comes with bounded queue memory.
+//! Persistent messages of a durable queue are appended as they arrive; at the end of each
+//! mailbox batch the queue writes them and hands the files to the group-commit thread, and
+//! the confirms of that batch are settled when the fdatasync is done. Messages beyond the
+//! window are appended too (transient ones as `Transient` records, which recovery skips)
+//! and only a 32-byte [`PagedEntry`](super::backlog::PagedEntry) stays in memory. Acks and
+//! delivery marks are buffered and written once per batch.
+//!
+//! A durable queue's log lives in its directory under `queues/`; a non-durable queue opens
+//! a log under `paging/` the first time it pages, which the broker wipes at every start.
 
 use std::path::PathBuf;
 
@@ -15,52 +20,96 @@ use ferrymq_wire::{Properties, ShortStr};
 use super::command::ConfirmTicket;
 use crate::message::Message;
 
-/// Where a durable queue keeps its log.
+/// Where and how a queue may use the disk; `None` at spawn keeps the queue in memory.
 #[derive(Debug, Clone)]
 pub struct QueueStorage {
-    pub dir: PathBuf,
+    /// The directory of a durable queue's log.
+    pub durable_dir: Option<PathBuf>,
+    /// Where a non-durable queue opens a log when it first pages.
+    pub paging_dir: PathBuf,
     pub syncer: Syncer,
     pub segment_size_bytes: u64,
+    /// Ready messages held in memory before further ones stay on disk.
+    pub window_messages: usize,
 }
 
 pub(super) struct Persistence {
     log: QueueLog,
+    /// Records survive restarts (a durable queue's log), as opposed to a paging log.
+    durable: bool,
     syncer: Syncer,
     /// Confirms that wait for this batch's fdatasync.
     waiting: Vec<ConfirmTicket>,
 }
 
+/// A message read back from the log at start.
+pub(super) struct Restored {
+    pub id: u64,
+    pub position: Position,
+    pub body_size: u32,
+    /// Delivered before the restart: it comes back redelivered.
+    pub delivered: bool,
+    /// Present for the oldest messages (up to the window); the rest stay on disk.
+    pub message: Option<Message>,
+}
+
 impl Persistence {
-    /// Opens the log and returns the messages it still holds, oldest first.
-    pub fn open(storage: QueueStorage) -> ferrymq_store::Result<(Persistence, Vec<Restored>)> {
-        let (log, recovered) = QueueLog::open(&storage.dir, storage.segment_size_bytes)?;
+    /// Opens a durable queue's log and returns the messages it still holds, oldest first.
+    pub fn open_durable(
+        storage: &QueueStorage,
+        dir: &std::path::Path,
+    ) -> ferrymq_store::Result<(Persistence, Vec<Restored>)> {
+        let (log, recovered) =
+            QueueLog::open_keeping(dir, storage.segment_size_bytes, storage.window_messages)?;
         if recovered.corrupt_records > 0 || recovered.truncated_bytes > 0 {
             tracing::warn!(
-                dir = %storage.dir.display(),
+                dir = %dir.display(),
                 corrupt = recovered.corrupt_records,
                 truncated = recovered.truncated_bytes,
                 "queue log recovered with losses"
             );
         }
-        let messages = recovered
-            .messages
-            .into_iter()
-            .filter_map(message_from)
-            .collect();
+        let messages = recovered.messages.into_iter().map(restored).collect();
         Ok((
             Persistence {
                 log,
-                syncer: storage.syncer,
+                durable: true,
+                syncer: storage.syncer.clone(),
                 waiting: Vec::new(),
             },
             messages,
         ))
     }
 
-    /// Appends a persistent message; `None` if the write failed (logged).
+    /// Opens an empty log for paging a non-durable queue.
+    pub fn open_paging(
+        storage: &QueueStorage,
+        dir: &std::path::Path,
+    ) -> ferrymq_store::Result<Persistence> {
+        let _ = std::fs::remove_dir_all(dir);
+        let (log, _) = QueueLog::open(dir, storage.segment_size_bytes)?;
+        Ok(Persistence {
+            log,
+            durable: false,
+            syncer: storage.syncer.clone(),
+            waiting: Vec::new(),
+        })
+    }
+
+    /// Whether a message must survive a restart here.
+    pub fn keeps(&self, message: &Message) -> bool {
+        self.durable && message.persistent
+    }
+
+    /// Appends a message; `None` if the write failed (logged).
     pub fn append(&mut self, id: u64, message: &Message) -> Option<Position> {
+        let kind = if self.keeps(message) {
+            RecordKind::Persistent
+        } else {
+            RecordKind::Transient
+        };
         let record = Record {
-            kind: RecordKind::Persistent,
+            kind,
             seq: id,
             expiry_ms: 0,
             exchange: message.exchange.clone().into_bytes(),
@@ -72,6 +121,17 @@ impl Persistence {
             Ok(position) => Some(position),
             Err(e) => {
                 tracing::error!(error = %e, "appending to a queue log failed");
+                None
+            }
+        }
+    }
+
+    /// Reads a paged-out message back.
+    pub fn read(&mut self, position: Position) -> Option<Message> {
+        match self.log.read(position) {
+            Ok(record) => message_from(record),
+            Err(e) => {
+                tracing::error!(error = %e, ?position, "reading a paged message failed; it is lost");
                 None
             }
         }
@@ -89,7 +149,9 @@ impl Persistence {
     }
 
     pub fn mark_delivered(&mut self, position: Position) {
-        self.log.mark_delivered(position);
+        if self.durable {
+            self.log.mark_delivered(position);
+        }
     }
 
     /// End of a batch: writes acks and appends, asks for an fdatasync, and settles the
@@ -109,8 +171,8 @@ impl Persistence {
             }
         };
         if self.waiting.is_empty() {
-            if !files.is_empty() {
-                // Nobody waits, but the data should still reach the disk soon.
+            if self.durable && !files.is_empty() {
+                // Nobody waits, but durable data should still reach the disk soon.
                 self.syncer.sync(files, Box::new(|_| {}));
             }
             return;
@@ -138,30 +200,27 @@ impl Persistence {
     }
 }
 
-/// A message read back from the log.
-pub(super) struct Restored {
-    pub id: u64,
-    pub message: Message,
-    pub position: Position,
-    /// Delivered before the restart: it comes back redelivered.
-    pub delivered: bool,
-}
-
-fn message_from(recovered: RecoveredMessage) -> Option<Restored> {
+fn restored(recovered: RecoveredMessage) -> Restored {
     let RecoveredMessage {
         position,
-        record,
+        seq,
+        body_size,
         delivered,
+        record,
     } = recovered;
+    Restored {
+        id: seq,
+        position,
+        body_size,
+        delivered,
+        message: record.and_then(message_from),
+    }
+}
+
+fn message_from(record: Record) -> Option<Message> {
     let exchange = ShortStr::from_utf8(record.exchange).ok()?;
     let routing_key = ShortStr::from_utf8(record.routing_key).ok()?;
     let properties = Properties::from_bytes(record.properties);
     let body: Bytes = record.body;
-    let message = Message::new(exchange, routing_key, properties, body);
-    Some(Restored {
-        id: record.seq,
-        message,
-        position,
-        delivered,
-    })
+    Some(Message::new(exchange, routing_key, properties, body))
 }
