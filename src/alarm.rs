@@ -61,8 +61,12 @@ impl Limits {
     }
 }
 
+/// Limits that can be changed while the broker runs (RabbitMQ's `set_disk_free_limit` and
+/// `set_vm_memory_high_watermark`); the monitor reads them at every sample.
+pub type SharedLimits = std::sync::Arc<parking_lot::Mutex<Limits>>;
+
 /// Starts the monitor; the receiver tells connections the current alarms.
-pub fn spawn_monitor(limits: Limits, data_dir: PathBuf) -> watch::Receiver<Alarms> {
+pub fn spawn_monitor(limits: SharedLimits, data_dir: PathBuf) -> watch::Receiver<Alarms> {
     let (tx, rx) = watch::channel(Alarms::default());
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
@@ -71,7 +75,7 @@ pub fn spawn_monitor(limits: Limits, data_dir: PathBuf) -> watch::Receiver<Alarm
             let Some(sample) = sample(&data_dir) else {
                 continue;
             };
-            let alarms = limits.evaluate(sample);
+            let alarms = limits.lock().evaluate(sample);
             let changed = tx.send_if_modified(|current| {
                 let changed = *current != alarms;
                 *current = alarms;

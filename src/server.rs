@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::alarm::{self, SharedLimits};
 use crate::amqp::{listener, Server};
 use crate::config::Config;
 
@@ -20,6 +21,8 @@ use crate::config::Config;
 pub struct Running {
     pub amqp_addr: SocketAddr,
     pub broker: Arc<Broker>,
+    /// The alarm limits in force; change them to raise or clear alarms at run time.
+    pub alarm_limits: SharedLimits,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     /// Holds the data directory's lock until the broker is dropped.
@@ -90,11 +93,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("binding AMQP listener to {}", config.amqp_listen))?;
     let amqp_addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let server = Server::new(Arc::clone(&broker), config);
+    let alarm_limits: SharedLimits = Arc::new(parking_lot::Mutex::new(config.alarm_limits()));
+    let alarms = alarm::spawn_monitor(Arc::clone(&alarm_limits), config.data_dir.clone());
+    let server = Server::new(Arc::clone(&broker), config, alarms);
     let task = tokio::spawn(listener::serve(listener, server, shutdown_rx));
     Ok(Running {
         amqp_addr,
         broker,
+        alarm_limits,
         shutdown,
         task,
         _data_dir: data_dir,

@@ -15,7 +15,8 @@ use ferrymq_broker::auth::User;
 use ferrymq_broker::client::ClientHandle;
 use ferrymq_wire as frame;
 use ferrymq_wire::{
-    ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionUpdateSecretOk, Frame, Method,
+    ConnectionBlocked, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionUnblocked,
+    ConnectionUpdateSecretOk, Frame, Method, ShortStr,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -65,6 +66,9 @@ pub struct Connection {
     outbox: Outbox,
     frame_max_bytes: u32,
     shutdown: watch::Receiver<bool>,
+    /// Blocked by a resource alarm after publishing: the socket is not read until the
+    /// alarm clears (RabbitMQ's connection.blocked flow control).
+    blocked: bool,
 }
 
 impl Connection {
@@ -83,6 +87,7 @@ impl Connection {
             outbox: Outbox::new(frame_max_bytes),
             frame_max_bytes,
             shutdown,
+            blocked: false,
         }
     }
 
@@ -214,6 +219,7 @@ impl Connection {
             capabilities,
             exclusive_queues: Vec::new(),
             channel_epochs: 0,
+            published: false,
             heartbeat_s: tuned.heartbeat_s,
         }))
     }
@@ -289,6 +295,8 @@ impl Connection {
         let mut last_write = Instant::now();
         let mut read_paused = false;
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut alarms = self.server.alarms.clone();
+        let mut alarms_live = true;
         // Clients pipeline: frames may already wait behind connection.open.
         if let Err(end) = self.process_buffered(session).await {
             return end;
@@ -307,15 +315,25 @@ impl Connection {
                     }
                 }
             }
+            if self.blocked && !alarms.borrow().any() {
+                self.unblock(session);
+                // What the client sent meanwhile waits in the read buffer.
+                if let Err(end) = self.process_buffered(session).await {
+                    return end;
+                }
+                continue;
+            }
             // Heartbeats: send one when we have been quiet for half the interval, and drop
-            // a peer silent for two intervals (as RabbitMQ does).
+            // a peer silent for two intervals (as RabbitMQ does). A blocked connection is
+            // not read, so it cannot be judged silent.
             let (send_at, dead_at) = match heartbeat {
+                Some(interval) if self.blocked => (last_write + interval / 2, far_future),
                 Some(interval) => (last_write + interval / 2, last_read + interval * 2),
                 None => (far_future, far_future),
             };
             let want_write = !session.outbox.is_empty();
             let take_events = session.outbox.queued_bytes() < OUTBOX_HIGH_WATERMARK_BYTES;
-            read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES;
+            read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES || self.blocked;
             tokio::select! {
                 readable = self.stream.readable(), if !read_paused => {
                     if readable.is_err() {
@@ -354,6 +372,9 @@ impl Connection {
                     tracing::info!(peer = %self.peer, "missed heartbeats from client, closing");
                     return End::Gone;
                 }
+                changed = alarms.changed(), if alarms_live => {
+                    alarms_live = changed.is_ok();
+                }
                 _ = self.shutdown.changed() => {
                     return End::Close(CloseReason {
                         code: code::CONNECTION_FORCED,
@@ -382,7 +403,7 @@ impl Connection {
 
     /// Handles every complete frame in the read buffer.
     async fn process_buffered(&mut self, session: &mut Session) -> Result<(), End> {
-        loop {
+        while !self.blocked {
             let frame = match frame::decode_frame(&mut self.read_buf, self.frame_max_bytes) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -393,9 +414,40 @@ impl Connection {
                 Ok(Some(end)) => return Err(end),
                 Err(e) => return Err(End::Close(close_reason(e))),
             }
+            if std::mem::take(&mut session.published) {
+                self.block_if_alarmed(session);
+            }
         }
         session.flush_confirms();
         Ok(())
+    }
+
+    /// A publish arrived: under a resource alarm the connection stops being read.
+    fn block_if_alarmed(&mut self, session: &mut Session) {
+        let alarms = *self.server.alarms.borrow();
+        if !alarms.any() || self.blocked {
+            return;
+        }
+        self.blocked = true;
+        tracing::info!(peer = %self.peer, reason = alarms.reason(), "blocking a publishing connection");
+        if session.capabilities.connection_blocked {
+            let blocked = ConnectionBlocked {
+                reason: ShortStr::from(alarms.reason()),
+            };
+            session
+                .outbox
+                .method(0, &Method::ConnectionBlocked(blocked));
+        }
+    }
+
+    fn unblock(&mut self, session: &mut Session) {
+        self.blocked = false;
+        tracing::info!(peer = %self.peer, "unblocking a connection");
+        if session.capabilities.connection_blocked {
+            session
+                .outbox
+                .method(0, &Method::ConnectionUnblocked(ConnectionUnblocked));
+        }
     }
 
     async fn handle_frame(

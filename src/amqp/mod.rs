@@ -30,14 +30,21 @@ use crate::config::Config;
 pub struct Server {
     pub broker: Arc<Broker>,
     pub config: Config,
+    /// Memory and disk alarms: while one is raised, publishing connections are blocked.
+    pub alarms: tokio::sync::watch::Receiver<crate::alarm::Alarms>,
     pub(crate) connections: AtomicU32,
 }
 
 impl Server {
-    pub fn new(broker: Arc<Broker>, config: Config) -> Arc<Self> {
+    pub fn new(
+        broker: Arc<Broker>,
+        config: Config,
+        alarms: tokio::sync::watch::Receiver<crate::alarm::Alarms>,
+    ) -> Arc<Self> {
         Arc::new(Server {
             broker,
             config,
+            alarms,
             connections: AtomicU32::new(0),
         })
     }

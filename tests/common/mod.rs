@@ -48,6 +48,11 @@ impl TestBroker {
         }
     }
 
+    /// The alarm limits of the running broker (change them to raise or clear alarms).
+    pub fn alarm_limits(&self) -> ferrymq::alarm::SharedLimits {
+        std::sync::Arc::clone(&self.running.as_ref().expect("running").alarm_limits)
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
     }

@@ -40,6 +40,8 @@ pub struct Login {
     /// Advertise `authentication_failure_close` (RabbitMQ then sends 403 instead of
     /// just closing the socket).
     pub auth_failure_close: bool,
+    /// Advertise `connection.blocked` (the broker then says when it blocks us).
+    pub connection_blocked: bool,
 }
 
 impl Default for Login {
@@ -52,6 +54,7 @@ impl Default for Login {
             frame_max: None,
             heartbeat: 0,
             auth_failure_close: true,
+            connection_blocked: true,
         }
     }
 }
@@ -118,6 +121,9 @@ impl RawClient {
                 ShortStr::from("authentication_failure_close"),
                 FieldValue::Bool(true),
             );
+        }
+        if login.connection_blocked {
+            capabilities.insert(ShortStr::from("connection.blocked"), FieldValue::Bool(true));
         }
         let mut properties = FieldTable::new();
         properties.insert(

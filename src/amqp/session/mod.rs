@@ -52,6 +52,9 @@ pub struct Session {
     pub exclusive_queues: Vec<Arc<QueueHandle>>,
     /// Channels opened so far: each opening gets the next number as its epoch.
     pub channel_epochs: u64,
+    /// A basic.publish arrived since the connection last looked (resource alarms block
+    /// connections that publish, as RabbitMQ does).
+    pub published: bool,
 }
 
 impl Session {

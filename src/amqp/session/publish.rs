@@ -122,6 +122,9 @@ impl Session {
     }
 
     async fn complete_publish(&mut self, id: u16) -> AmqpResult {
+        // Checked by the connection after this frame: under an alarm it blocks now, with
+        // the message whole.
+        self.published = true;
         let channel = self.channel(id);
         let Some(mut pending) = channel.publish.take() else {
             return Ok(());
