@@ -24,6 +24,16 @@ use crate::queue::QueueHandle;
 
 pub type ClientId = u64;
 
+/// What a delivery in flight costs besides its body: the event, the shared message header
+/// and the frames it becomes. Charged so that a window of tiny messages cannot hold
+/// millions of them (16 MiB of 16-byte bodies would otherwise be a million deliveries).
+pub const DELIVERY_OVERHEAD_BYTES: usize = 256;
+
+/// The bytes a delivery takes from its client's window.
+fn window_charge(body_size: usize) -> usize {
+    body_size + DELIVERY_OVERHEAD_BYTES
+}
+
 /// Events queues send to a client (a protocol connection).
 #[derive(Debug)]
 pub enum ClientEvent {
@@ -103,7 +113,7 @@ impl ClientHandle {
     /// Sends a delivery and charges its body to the client's window. A send to a closed
     /// client is dropped: the client's channels requeue everything they held when closing.
     pub fn deliver(&self, delivery: Delivery) {
-        let size = delivery.message.body_size().max(1);
+        let size = window_charge(delivery.message.body_size());
         self.in_flight_bytes.fetch_add(size, Ordering::AcqRel);
         let _ = self.tx.send(ClientEvent::Deliver(delivery));
     }
@@ -111,7 +121,7 @@ impl ClientHandle {
     /// Called by the client once a delivery is encoded. Returns true when this release took
     /// the window from full to open, so the caller must wake the queues feeding it.
     pub fn release(&self, body_size: usize) -> bool {
-        let size = body_size.max(1);
+        let size = window_charge(body_size);
         let before = self.in_flight_bytes.fetch_sub(size, Ordering::AcqRel);
         before >= self.in_flight_window_bytes && before - size < self.in_flight_window_bytes
     }

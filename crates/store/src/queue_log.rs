@@ -25,7 +25,8 @@ pub struct RecoveredMessage {
     pub delivered: bool,
     /// The record itself, for the first `keep_records` messages (copied out of the segment
     /// so the segment's buffer is freed); the others are read back when their turn comes.
-    pub record: Option<Record>,
+    /// Boxed: recovering a million messages must not cost a million inline records.
+    pub record: Option<Box<Record>>,
 }
 
 /// What a queue gets back from recovery: its live messages, oldest first.
@@ -70,33 +71,14 @@ impl QueueLog {
         let mut segments = BTreeMap::new();
         for number in list_segments(dir)? {
             let mut seg = Segment::open(dir, number)?;
-            let scan = segment::scan(dir, number)?;
-            recovered.corrupt_records += scan.corrupt;
-            if scan.valid_len < seg.len_bytes {
-                tracing::warn!(segment = number, cut = seg.len_bytes - scan.valid_len, dir = %dir.display(), "truncating a torn write");
-                recovered.truncated_bytes += seg.len_bytes - scan.valid_len;
-                seg.truncate(scan.valid_len)?;
-            }
-            if scan.corrupt > 0 {
-                tracing::warn!(segment = number, records = scan.corrupt, dir = %dir.display(), "skipped corrupt records");
-            }
-            let entries = read_acks(dir, number)?;
-            let acked: HashSet<u32> = entries
-                .iter()
-                .copied()
-                .filter(|e| e & DELIVERED_BIT == 0)
-                .collect();
-            let delivered: HashSet<u32> = entries
-                .iter()
-                .filter(|e| *e & DELIVERED_BIT != 0)
-                .map(|e| e & !DELIVERED_BIT)
-                .collect();
-            seg.records = scan.records.len() as u32;
-            for (offset, record) in scan.records {
+            let (acked, delivered) = read_marks(dir, number)?;
+            let mut records = 0u32;
+            let scan = segment::scan_with(dir, number, |offset, record| {
+                records += 1;
                 // Transient records were on disk only for paging; they do not outlive the broker.
                 if acked.contains(&offset) || record.kind == RecordKind::Transient {
                     seg.acked += 1;
-                    continue;
+                    return;
                 }
                 let keep = recovered.messages.len() < keep_records;
                 recovered.messages.push(RecoveredMessage {
@@ -107,8 +89,18 @@ impl QueueLog {
                     seq: record.seq,
                     body_size: record.body.len() as u32,
                     delivered: delivered.contains(&offset),
-                    record: keep.then(|| detached(&record)),
+                    record: keep.then(|| Box::new(detached(&record))),
                 });
+            })?;
+            seg.records = records;
+            recovered.corrupt_records += scan.corrupt;
+            if scan.valid_len < seg.len_bytes {
+                tracing::warn!(segment = number, cut = seg.len_bytes - scan.valid_len, dir = %dir.display(), "truncating a torn write");
+                recovered.truncated_bytes += seg.len_bytes - scan.valid_len;
+                seg.truncate(scan.valid_len)?;
+            }
+            if scan.corrupt > 0 {
+                tracing::warn!(segment = number, records = scan.corrupt, dir = %dir.display(), "skipped corrupt records");
             }
             segments.insert(number, seg);
         }
@@ -273,6 +265,20 @@ impl QueueLog {
         fs::remove_dir_all(dir)?;
         Ok(())
     }
+}
+
+/// The acked offsets and the delivered offsets recorded in a segment's ack file.
+fn read_marks(dir: &Path, number: u64) -> Result<(HashSet<u32>, HashSet<u32>)> {
+    let mut acked = HashSet::new();
+    let mut delivered = HashSet::new();
+    for entry in read_acks(dir, number)? {
+        if entry & DELIVERED_BIT == 0 {
+            acked.insert(entry);
+        } else {
+            delivered.insert(entry & !DELIVERED_BIT);
+        }
+    }
+    Ok((acked, delivered))
 }
 
 /// A copy of a record that does not keep the segment buffer it was read from alive.

@@ -236,13 +236,22 @@ pub struct Scan {
 /// skipped by searching forward for the next record that decodes; bytes at the end that do
 /// not form a whole record are reported through `valid_len`.
 pub fn scan(dir: &Path, number: u64) -> Result<Scan> {
+    let mut records = Vec::new();
+    let mut out = scan_with(dir, number, |offset, record| records.push((offset, record)))?;
+    out.records = records;
+    Ok(out)
+}
+
+/// Like [`scan`], handing each valid record to `visit` instead of collecting them, so a
+/// large segment is never held as a vector of records (`Scan::records` stays empty).
+pub fn scan_with(dir: &Path, number: u64, mut visit: impl FnMut(u32, Record)) -> Result<Scan> {
     let data = Bytes::from(fs::read(segment_path(dir, number))?);
     let mut out = Scan::default();
     let mut at = 0usize;
     while at < data.len() {
         match record::decode(&data.slice(at..)) {
             Ok(Decoded::Record(record, len)) => {
-                out.records.push((at as u32, record));
+                visit(at as u32, record);
                 at += len;
                 out.valid_len = at as u64;
             }

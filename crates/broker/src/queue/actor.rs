@@ -169,6 +169,8 @@ impl QueueState {
         };
         match Persistence::open_durable(storage, dir) {
             Ok((persist, messages)) => {
+                self.backlog
+                    .reserve_paged(messages.len().saturating_sub(self.window));
                 for restored in messages {
                     self.restore(restored);
                 }

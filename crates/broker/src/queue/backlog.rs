@@ -62,6 +62,11 @@ impl Backlog {
         self.fresh.push_back(entry);
     }
 
+    /// Makes room for `additional` paged entries at once (recovery knows how many).
+    pub fn reserve_paged(&mut self, additional: usize) {
+        self.paged.reserve_exact(additional);
+    }
+
     /// Adds a message whose body stays on disk.
     pub fn push_paged(&mut self, paged: PagedEntry) {
         debug_assert!(

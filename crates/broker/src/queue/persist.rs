@@ -58,7 +58,7 @@ impl Persistence {
     pub fn open_durable(
         storage: &QueueStorage,
         dir: &std::path::Path,
-    ) -> ferrymq_store::Result<(Persistence, Vec<Restored>)> {
+    ) -> ferrymq_store::Result<(Persistence, impl ExactSizeIterator<Item = Restored>)> {
         let (log, recovered) =
             QueueLog::open_keeping(dir, storage.segment_size_bytes, storage.window_messages)?;
         if recovered.corrupt_records > 0 || recovered.truncated_bytes > 0 {
@@ -69,7 +69,8 @@ impl Persistence {
                 "queue log recovered with losses"
             );
         }
-        let messages = recovered.messages.into_iter().map(restored).collect();
+        // Converted one by one as the queue takes them: a deep queue is never held twice.
+        let messages = recovered.messages.into_iter().map(restored);
         Ok((
             Persistence {
                 log,
@@ -213,7 +214,7 @@ fn restored(recovered: RecoveredMessage) -> Restored {
         position,
         body_size,
         delivered,
-        message: record.and_then(message_from),
+        message: record.and_then(|r| message_from(*r)),
     }
 }
 
