@@ -125,10 +125,11 @@ async fn a_disk_alarm_blocks_publishers_but_not_consumers() {
 
 #[tokio::test]
 async fn connections_that_only_consume_are_never_blocked() {
-    let broker = TestBroker::start().await;
+    // A disk limit no disk can meet, from the configuration: the alarm is up from the start.
+    let broker = TestBroker::start_with(|c| c.disk_free_limit_bytes = u64::MAX).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut consumer = RawClient::open(broker.addr).await;
     consumer.open_channel(1).await;
-    set_disk_limit(&broker, u64::MAX).await;
     consumer
         .send(
             1,
@@ -141,6 +142,14 @@ async fn connections_that_only_consume_are_never_blocked() {
     assert!(matches!(
         consumer.recv_method().await,
         (1, Method::QueueDeclareOk(_))
+    ));
+    // While a publisher on the same broker is blocked at once.
+    let mut publisher = RawClient::open(broker.addr).await;
+    publisher.open_channel(1).await;
+    publish_one(&mut publisher, "c", b"x").await;
+    assert!(matches!(
+        publisher.recv_method().await,
+        (0, Method::ConnectionBlocked(_))
     ));
     broker.shutdown().await;
 }

@@ -334,3 +334,33 @@ async fn transactions_commit_persistent_messages_to_disk() {
     assert_eq!(got, vec!["t0", "t1", "t2", "t3", "t4"]);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn definitions_churn_keeps_the_log_compact() {
+    let broker = TestBroker::start().await;
+    {
+        let (_conn, ch) = channel(&broker).await;
+        ch.queue_declare("keeper".into(), durable(), FieldTable::default())
+            .await
+            .unwrap();
+        for _ in 0..3000 {
+            ch.queue_declare("churn".into(), durable(), FieldTable::default())
+                .await
+                .unwrap();
+            ch.queue_delete("churn".into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+    // 6,001 commands were logged; compaction while running keeps far fewer of them.
+    let size = std::fs::metadata(broker.data_dir().join("definitions.log"))
+        .unwrap()
+        .len();
+    assert!(size < 6001 * 16, "definitions.log grew to {size} bytes");
+    let broker = broker.restart().await;
+    let (_conn, ch) = channel(&broker).await;
+    assert!(exists(&ch, "keeper").await);
+    let (_c2, ch2) = channel(&broker).await;
+    assert!(!exists(&ch2, "churn").await);
+    broker.shutdown().await;
+}

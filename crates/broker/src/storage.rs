@@ -28,6 +28,8 @@ use crate::definitions::{BindingDefinition, Definition};
 use crate::vhost::DestinationName;
 
 const QUEUES_DIR: &str = "queues";
+/// Entries the definitions log may hold beyond twice its last snapshot before compaction.
+const COMPACT_SLACK_ENTRIES: u64 = 4096;
 const PAGING_DIR: &str = "paging";
 
 #[derive(Debug)]
@@ -40,6 +42,9 @@ pub struct BrokerStorage {
     definitions: Mutex<DefinitionsLog>,
     /// Numbers the paging folders of non-durable queues.
     next_paging_dir: std::sync::atomic::AtomicU64,
+    /// Entries in the last snapshot: the log is compacted again once it has grown well
+    /// past it, so churn (declare/delete loops) cannot grow it without bound.
+    snapshot_entries: std::sync::atomic::AtomicU64,
     /// Off while the log is being replayed, so replaying does not append to it.
     recording: AtomicBool,
 }
@@ -79,6 +84,7 @@ impl BrokerStorage {
             window_messages,
             definitions: Mutex::new(log),
             next_paging_dir: Default::default(),
+            snapshot_entries: Default::default(),
             recording: AtomicBool::new(false),
         };
         Ok((storage, topology))
@@ -92,6 +98,8 @@ impl BrokerStorage {
             .map(Definition::encode)
             .collect();
         self.definitions.lock().compact(&snapshot)?;
+        self.snapshot_entries
+            .store(snapshot.len() as u64, Ordering::Relaxed);
         self.remove_orphan_queue_dirs(topology)?;
         self.recording.store(true, Ordering::Release);
         Ok(())
@@ -103,8 +111,17 @@ impl BrokerStorage {
         if !self.recording.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = self.definitions.lock().append(&definition.encode()) {
+        let mut log = self.definitions.lock();
+        if let Err(e) = log.append(&definition.encode()) {
             tracing::error!(error = %e, ?definition, "could not record a durable definition");
+            return;
+        }
+        let snapshot = self.snapshot_entries.load(Ordering::Relaxed);
+        if log.entries() > snapshot.saturating_mul(2) + COMPACT_SLACK_ENTRIES {
+            match compact(&mut log) {
+                Ok(entries) => self.snapshot_entries.store(entries, Ordering::Relaxed),
+                Err(e) => tracing::error!(error = %e, "compacting the definitions log failed"),
+            }
         }
     }
 
@@ -143,6 +160,24 @@ impl BrokerStorage {
         }
         Ok(())
     }
+}
+
+/// Folds the log into the topology it describes and rewrites it as that snapshot.
+fn compact(log: &mut DefinitionsLog) -> ferrymq_store::Result<u64> {
+    let mut topology = Topology::default();
+    for entry in log.replay()?.entries {
+        if let Ok(definition) = Definition::decode(entry) {
+            topology.apply(definition);
+        }
+    }
+    let snapshot: Vec<_> = topology
+        .definitions()
+        .iter()
+        .map(Definition::encode)
+        .collect();
+    log.compact(&snapshot)?;
+    tracing::info!(entries = snapshot.len(), "compacted the definitions log");
+    Ok(snapshot.len() as u64)
 }
 
 /// The durable topology a definitions log describes, in the order to restore it.

@@ -89,6 +89,12 @@ impl DefinitionsLog {
         Ok(())
     }
 
+    /// Reads the log's entries again (for compaction while the broker runs).
+    pub fn replay(&self) -> Result<Replay> {
+        let data = Bytes::from(fs::read(&self.path)?);
+        Ok(parse_entries(&data))
+    }
+
     pub fn entries(&self) -> u64 {
         self.entries
     }
