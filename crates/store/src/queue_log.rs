@@ -21,6 +21,8 @@ pub struct RecoveredMessage {
     pub position: Position,
     pub seq: u64,
     pub body_size: u32,
+    /// The record's length in the segment: the next record starts right after it.
+    pub encoded_len: u32,
     /// It had been handed to a consumer before the restart: it returns redelivered.
     pub delivered: bool,
     /// The record itself, for the first `keep_records` messages (copied out of the segment
@@ -88,6 +90,7 @@ impl QueueLog {
                     },
                     seq: record.seq,
                     body_size: record.body.len() as u32,
+                    encoded_len: record.encoded_len() as u32,
                     delivered: delivered.contains(&offset),
                     record: keep.then(|| Box::new(detached(&record))),
                 });
@@ -207,6 +210,17 @@ impl QueueLog {
             crate::error::StoreError::Corrupt(format!("segment {} is gone", position.segment))
         })?;
         seg.read(position.offset)
+    }
+
+    /// The encoded length of the record at `position`, read from its size field only.
+    pub fn record_len(&mut self, position: Position) -> Result<u32> {
+        if Some(&position.segment) == self.segments.keys().next_back() {
+            self.flush()?;
+        }
+        let seg = self.segments.get(&position.segment).ok_or_else(|| {
+            crate::error::StoreError::Corrupt(format!("segment {} is gone", position.segment))
+        })?;
+        seg.record_len(position.offset)
     }
 
     /// Marks a record done; deletes its segment when that was the last live record.

@@ -128,6 +128,20 @@ impl Segment {
         Ok(())
     }
 
+    /// The encoded length of the record at `offset` (its size field plus the prefix).
+    pub fn record_len(&self, offset: u32) -> Result<u32> {
+        let mut prefix = [0u8; RECORD_PREFIX_BYTES];
+        self.file.read_exact_at(&mut prefix, u64::from(offset))?;
+        let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
+        if size > RECORD_SIZE_MAX_BYTES {
+            return Err(StoreError::Corrupt(format!(
+                "record at {}:{offset} has size {size}",
+                self.number
+            )));
+        }
+        Ok((RECORD_PREFIX_BYTES + size) as u32)
+    }
+
     /// Reads the record at `offset`, checking its size and checksum again on the way out.
     pub fn read(&self, offset: u32) -> Result<Record> {
         let mut prefix = [0u8; RECORD_PREFIX_BYTES];

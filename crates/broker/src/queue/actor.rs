@@ -169,8 +169,6 @@ impl QueueState {
         };
         match Persistence::open_durable(storage, dir) {
             Ok((persist, messages)) => {
-                self.backlog
-                    .reserve_paged(messages.len().saturating_sub(self.window));
                 for restored in messages {
                     self.restore(restored);
                 }
@@ -188,6 +186,7 @@ impl QueueState {
             id,
             position,
             body_size,
+            encoded_len,
             delivered,
             message,
         } = restored;
@@ -206,6 +205,7 @@ impl QueueState {
                 redelivered: delivered,
                 delivery_noted: delivered,
                 body_size,
+                encoded_len,
             }),
         }
     }
@@ -215,17 +215,19 @@ impl QueueState {
         self.next_msg_id += 1;
         let keeps = self.persist.as_ref().is_some_and(|p| p.keeps(&message));
         let page_out = self.backlog.paged_len() > 0 || self.backlog.in_memory() >= self.window;
-        let position = match self.log_for(keeps || page_out) {
+        let written = match self.log_for(keeps || page_out) {
             Some(persist) if keeps || page_out => persist.append(id, &message),
             _ => None,
         };
-        match position {
-            Some(position) if page_out => self.backlog.push_paged(PagedEntry {
+        let position = written.map(|(position, _)| position);
+        match written {
+            Some((position, encoded_len)) if page_out => self.backlog.push_paged(PagedEntry {
                 id,
                 position,
                 redelivered: false,
                 delivery_noted: false,
                 body_size: message.body_size() as u32,
+                encoded_len,
             }),
             _ => self.backlog.push(Entry {
                 id,
@@ -279,33 +281,46 @@ impl QueueState {
             return;
         };
         while self.backlog.in_memory() < self.window {
-            let Some(paged) = self.backlog.pop_paged() else {
+            let Some(paged) = self.backlog.front_paged() else {
                 break;
             };
             match persist.read(paged.position) {
-                Some(message) => self.backlog.push(Entry {
-                    id: paged.id,
-                    message: Arc::new(message),
-                    redelivered: paged.redelivered,
-                    position: Some(paged.position),
-                    delivery_noted: paged.delivery_noted,
-                }),
-                // Unreadable (logged): do not let it block the queue forever.
-                None => persist.ack(paged.position),
+                Some((message, encoded_len)) => {
+                    self.backlog
+                        .advance_paged(encoded_len, message.body_size() as u32);
+                    self.backlog.push(Entry {
+                        id: paged.id,
+                        message: Arc::new(message),
+                        redelivered: paged.redelivered,
+                        position: Some(paged.position),
+                        delivery_noted: paged.delivery_noted,
+                    });
+                }
+                // Unreadable (logged): without its length the rest of the run cannot be
+                // found either; drop it rather than block the queue forever.
+                None => {
+                    if let Some(run) = self.backlog.drop_paged_run() {
+                        tracing::error!(messages = run.count, queue = %self.handle.name, "dropped unreadable paged messages");
+                    }
+                }
             }
         }
     }
 
     /// Drops every ready message (purge); returns how many there were.
     fn drop_ready(&mut self) -> usize {
-        let (entries, paged) = self.backlog.take_all();
-        let count = entries.len() + paged.len();
+        let (entries, runs) = self.backlog.take_all();
+        let count = entries.len() + runs.iter().map(|r| r.count as usize).sum::<usize>();
         for entry in &entries {
             self.forget_on_disk(entry);
         }
         if let Some(persist) = self.persist.as_mut() {
-            for p in paged {
-                persist.ack(p.position);
+            for run in runs {
+                let position = ferrymq_store::Position {
+                    segment: run.segment,
+                    offset: run.offset,
+                };
+                persist.ack_run(position, run.count);
             }
         }
         count

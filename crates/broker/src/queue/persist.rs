@@ -5,7 +5,8 @@
 //! mailbox batch the queue writes them and hands the files to the group-commit thread, and
 //! the confirms of that batch are settled when the fdatasync is done. Messages beyond the
 //! window are appended too (transient ones as `Transient` records, which recovery skips)
-//! and only a 32-byte [`PagedEntry`](super::backlog::PagedEntry) stays in memory. Acks and
+//! and only a run entry ([`PagedRun`](super::backlog::PagedRun), 48 bytes for any number of
+//! consecutive records) stays in memory. Acks and
 //! delivery marks are buffered and written once per batch.
 //!
 //! A durable queue's log lives in its directory under `queues/`; a non-durable queue opens
@@ -47,6 +48,7 @@ pub(super) struct Restored {
     pub id: u64,
     pub position: Position,
     pub body_size: u32,
+    pub encoded_len: u32,
     /// Delivered before the restart: it comes back redelivered.
     pub delivered: bool,
     /// Present for the oldest messages (up to the window); the rest stay on disk.
@@ -102,8 +104,9 @@ impl Persistence {
         self.durable && message.persistent
     }
 
-    /// Appends a message; `None` if the write failed (logged).
-    pub fn append(&mut self, id: u64, message: &Message) -> Option<Position> {
+    /// Appends a message; returns where and how long its record is, or `None` if the write
+    /// failed (logged).
+    pub fn append(&mut self, id: u64, message: &Message) -> Option<(Position, u32)> {
         let kind = if self.keeps(message) {
             RecordKind::Persistent
         } else {
@@ -119,7 +122,7 @@ impl Persistence {
             body: message.body.clone(),
         };
         match self.log.append(&record) {
-            Ok(position) => Some(position),
+            Ok(position) => Some((position, record.encoded_len() as u32)),
             Err(e) => {
                 tracing::error!(error = %e, "appending to a queue log failed");
                 None
@@ -128,9 +131,13 @@ impl Persistence {
     }
 
     /// Reads a paged-out message back.
-    pub fn read(&mut self, position: Position) -> Option<Message> {
+    /// Reads a paged-out message back, with its record's length.
+    pub fn read(&mut self, position: Position) -> Option<(Message, u32)> {
         match self.log.read(position) {
-            Ok(record) => message_from(record),
+            Ok(record) => {
+                let len = record.encoded_len() as u32;
+                message_from(record).map(|m| (m, len))
+            }
             Err(e) => {
                 tracing::error!(error = %e, ?position, "reading a paged message failed; it is lost");
                 None
@@ -146,6 +153,22 @@ impl Persistence {
     pub fn ack(&mut self, position: Position) {
         if let Err(e) = self.log.ack(position) {
             tracing::error!(error = %e, "recording an ack failed");
+        }
+    }
+
+    /// Acks every record of a run of `count` records starting at `position` (purge).
+    pub fn ack_run(&mut self, mut position: Position, count: u64) {
+        for _ in 0..count {
+            match self.log.record_len(position) {
+                Ok(len) => {
+                    self.ack(position);
+                    position.offset += len;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, ?position, "walking a paged run failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -206,6 +229,7 @@ fn restored(recovered: RecoveredMessage) -> Restored {
         position,
         seq,
         body_size,
+        encoded_len,
         delivered,
         record,
     } = recovered;
@@ -213,6 +237,7 @@ fn restored(recovered: RecoveredMessage) -> Restored {
         id: seq,
         position,
         body_size,
+        encoded_len,
         delivered,
         message: record.and_then(|r| message_from(*r)),
     }
