@@ -182,16 +182,40 @@ async fn purging_paged_messages_acks_them_on_disk() {
     {
         let conn = common::lapin(&broker).await;
         let ch = conn.create_channel().await.unwrap();
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        ch.queue_declare("pq".into(), durable, FieldTable::default()).await.unwrap();
-        publish_n(&ch, "pq", 0..200, BasicProperties::default().with_delivery_mode(2)).await;
-        let purged = ch.queue_purge("pq".into(), Default::default()).await.unwrap();
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare("pq".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        publish_n(
+            &ch,
+            "pq",
+            0..200,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+        let purged = ch
+            .queue_purge("pq".into(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(purged, 200);
-        publish_n(&ch, "pq", 200..205, BasicProperties::default().with_delivery_mode(2)).await;
+        publish_n(
+            &ch,
+            "pq",
+            200..205,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     }
     let broker = broker.restart().await;
     let conn = common::lapin(&broker).await;
     let ch = conn.create_channel().await.unwrap();
-    assert_eq!(drain(&ch, "pq").await, expected(200..205), "purged messages stay purged");
+    assert_eq!(
+        drain(&ch, "pq").await,
+        expected(200..205),
+        "purged messages stay purged"
+    );
     broker.shutdown().await;
 }

@@ -38,6 +38,8 @@ const OUTBOX_READ_PAUSE_BYTES: usize = 8 * 1024 * 1024;
 const _: () = assert!(OUTBOX_READ_PAUSE_BYTES > OUTBOX_HIGH_WATERMARK_BYTES);
 /// Read buffer growth step; also the most read per syscall when the buffer is empty.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// First reads of a connection: most connections are quiet, 110 KiB each adds up (S8).
+const READ_CHUNK_SMALL_BYTES: usize = 4 * 1024;
 /// Queue events handled per wake-up before the outbox gets written.
 const EVENTS_PER_WAKEUP_MAX: usize = 1024;
 /// The AMQP 0-9 header ("AMQP" class 1, instance 1, version 0-9); RabbitMQ serves
@@ -83,7 +85,8 @@ impl Connection {
             stream,
             peer,
             server,
-            read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            // Grown on the first read; an idle connection keeps what it needed so far.
+            read_buf: BytesMut::new(),
             outbox: Outbox::new(frame_max_bytes),
             frame_max_bytes,
             shutdown,
@@ -390,7 +393,13 @@ impl Connection {
     /// Reads what the socket has and handles every complete frame. Returns whether
     /// anything was read.
     async fn read_available(&mut self, session: &mut Session) -> Result<bool, End> {
-        self.read_buf.reserve(READ_CHUNK_BYTES);
+        // Small reads for quiet connections, full chunks once a read fills what it had.
+        let want = if self.read_buf.capacity() >= READ_CHUNK_BYTES {
+            READ_CHUNK_BYTES
+        } else {
+            READ_CHUNK_SMALL_BYTES
+        };
+        self.read_buf.reserve(want);
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => return Err(End::Gone),
             Ok(_) => {}

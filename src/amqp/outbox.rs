@@ -35,7 +35,7 @@ impl Outbox {
     pub fn new(frame_max_bytes: u32) -> Self {
         Outbox {
             chunks: VecDeque::new(),
-            scratch: BytesMut::with_capacity(16 * 1024),
+            scratch: BytesMut::new(),
             queued_bytes: 0,
             frame_max_bytes,
         }

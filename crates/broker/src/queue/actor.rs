@@ -77,10 +77,15 @@ pub(super) async fn run(
             .map_or(usize::MAX, |s| s.window_messages.max(1)),
         storage,
     };
+    // A durable queue that never stored a message has no files yet: creating them at declare
+    // time would cost every declare a mkdir and a file for nothing.
     if let Some(dir) = state.storage.as_ref().and_then(|s| s.durable_dir.clone()) {
-        state.recover(&dir);
+        if dir.exists() {
+            state.recover(&dir);
+        }
     }
-    let mut batch = Vec::with_capacity(MAILBOX_BATCH_COMMANDS_MAX);
+    // Grown by recv_many as bursts need it: an idle queue should not hold 256 slots.
+    let mut batch = Vec::new();
     while !state.deleted {
         if rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX).await == 0 {
             break;
@@ -213,7 +218,11 @@ impl QueueState {
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
         let id = self.next_msg_id;
         self.next_msg_id += 1;
-        let keeps = self.persist.as_ref().is_some_and(|p| p.keeps(&message));
+        let durable_queue = self
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.durable_dir.is_some());
+        let keeps = durable_queue && message.persistent;
         let page_out = self.backlog.paged_len() > 0 || self.backlog.in_memory() >= self.window;
         let written = match self.log_for(keeps || page_out) {
             Some(persist) if keeps || page_out => persist.append(id, &message),
@@ -250,11 +259,15 @@ impl QueueState {
     fn log_for(&mut self, needed: bool) -> Option<&mut Persistence> {
         if self.persist.is_none() && needed {
             let storage = self.storage.as_ref()?;
-            let dir = storage.paging_dir.clone();
-            match Persistence::open_paging(storage, &dir) {
+            let opened = match &storage.durable_dir {
+                // A new durable queue's first write: there is nothing to recover.
+                Some(dir) => Persistence::open_durable(storage, dir).map(|(persist, _)| persist),
+                None => Persistence::open_paging(storage, &storage.paging_dir),
+            };
+            match opened {
                 Ok(persist) => self.persist = Some(persist),
                 Err(e) => {
-                    tracing::error!(error = %e, dir = %dir.display(), "cannot page to disk, keeping messages in memory");
+                    tracing::error!(error = %e, queue = %self.handle.name, "cannot write the queue's log, keeping messages in memory");
                     self.window = usize::MAX;
                 }
             }
