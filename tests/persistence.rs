@@ -364,3 +364,81 @@ async fn definitions_churn_keeps_the_log_compact() {
     assert!(!exists(&ch2, "churn").await);
     broker.shutdown().await;
 }
+
+/// The one segment file of the only durable queue in `data_dir`.
+fn only_segment(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let queue_dir = std::fs::read_dir(data_dir.join("queues"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut segments: Vec<_> = std::fs::read_dir(&queue_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments.remove(0)
+}
+
+async fn publish_five(broker: &TestBroker) {
+    let (_conn, ch) = channel(broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("q".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        publish(&ch, "", "q", &format!("body-{i}"), persistent()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_skipped_and_the_others_recovered() {
+    let broker = TestBroker::start().await;
+    publish_five(&broker).await;
+    let broker = broker
+        .restart_after(|dir| {
+            let path = only_segment(dir);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes
+                .windows(6)
+                .position(|w| w == b"body-2")
+                .expect("record of body-2");
+            bytes[at + 5] ^= 0x20; // one flipped bit in the middle record's body
+            std::fs::write(&path, bytes).unwrap();
+        })
+        .await;
+    let (_conn, ch) = channel(&broker).await;
+    let got: Vec<String> = bodies(&ch, "q").await.into_iter().map(|(b, _)| b).collect();
+    assert_eq!(got, vec!["body-0", "body-1", "body-3", "body-4"]);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_cut_off_and_the_queue_keeps_working() {
+    let broker = TestBroker::start().await;
+    publish_five(&broker).await;
+    let broker = broker
+        .restart_after(|dir| {
+            let path = only_segment(dir);
+            let bytes = std::fs::read(&path).unwrap();
+            let at = bytes
+                .windows(6)
+                .position(|w| w == b"body-4")
+                .expect("record of body-4");
+            // A crash in the middle of writing the last record.
+            std::fs::write(&path, &bytes[..at + 3]).unwrap();
+        })
+        .await;
+    let (_conn, ch) = channel(&broker).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish(&ch, "", "q", "after", persistent()).await;
+    let got: Vec<String> = bodies(&ch, "q").await.into_iter().map(|(b, _)| b).collect();
+    assert_eq!(got, vec!["body-0", "body-1", "body-2", "body-3", "after"]);
+    broker.shutdown().await;
+}

@@ -53,6 +53,22 @@ impl TestBroker {
         std::sync::Arc::clone(&self.running.as_ref().expect("running").alarm_limits)
     }
 
+    /// Like [`TestBroker::restart`], running `between` on the data directory while the
+    /// broker is down (to damage files the way a crash or a bad disk would).
+    pub async fn restart_after(mut self, between: impl FnOnce(&std::path::Path)) -> TestBroker {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        between(self.data_dir.path());
+        let running = start(self.config.clone()).await.expect("broker restarts");
+        TestBroker {
+            addr: running.amqp_addr,
+            running: Some(running),
+            data_dir: self.data_dir,
+            config: self.config,
+        }
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
     }
