@@ -223,6 +223,7 @@ impl Connection {
             exclusive_queues: Vec::new(),
             channel_epochs: 0,
             published: false,
+            settles: Default::default(),
             heartbeat_s: tuned.heartbeat_s,
         }))
     }
@@ -427,6 +428,7 @@ impl Connection {
                 self.block_if_alarmed(session);
             }
         }
+        session.flush_settles().await;
         session.flush_confirms();
         Ok(())
     }

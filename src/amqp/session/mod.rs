@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use ferrymq_broker::auth::User;
 use ferrymq_broker::client::{ClientEvent, ClientHandle};
-use ferrymq_broker::queue::{QueueCmd, QueueHandle};
+use ferrymq_broker::queue::{QueueCmd, QueueHandle, SettleAction};
 use ferrymq_broker::vhost::VHost;
 use ferrymq_wire::{ChannelClose, ChannelCloseOk, ChannelFlowOk, ChannelOpenOk, Frame, Method};
 use tokio::sync::mpsc;
@@ -52,6 +52,8 @@ pub struct Session {
     pub exclusive_queues: Vec<Arc<QueueHandle>>,
     /// Channels opened so far: each opening gets the next number as its epoch.
     pub channel_epochs: u64,
+    /// Acks, nacks and rejects not yet sent to their queues (see `PendingSettles`).
+    pub settles: PendingSettles,
     /// A basic.publish arrived since the connection last looked (resource alarms block
     /// connections that publish, as RabbitMQ does).
     pub published: bool,
@@ -61,6 +63,17 @@ impl Session {
     /// Handles one frame on a non-zero channel. Channel errors are handled here (the
     /// channel is closed); a connection error is returned.
     pub async fn handle_frame(&mut self, frame: Frame) -> AmqpResult {
+        // Acks wait to be sent in a batch; anything else first lets them reach the queues,
+        // so a get, a consume or a close sees every ack the client sent before it.
+        if !matches!(
+            frame,
+            Frame::Method {
+                method: Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_),
+                ..
+            }
+        ) {
+            self.flush_settles().await;
+        }
         let (id, method_ids) = match &frame {
             Frame::Method { channel, method } => {
                 (*channel, (method.class_id(), method.method_id()))
@@ -260,6 +273,8 @@ impl Session {
     /// unacked messages requeued, by the queues themselves (one ChannelClosed each).
     /// The caller removes the channel entry or marks it Closing.
     async fn release_channel(&mut self, id: u16) {
+        // Acks first: the queues must not requeue what the client already acked.
+        self.flush_settles().await;
         let client = self.client.id;
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
@@ -361,6 +376,56 @@ impl Session {
                 self.outbox.method(channel.id, &method);
             }
         }
+    }
+}
+
+/// Settles gathered while a read batch is handled, grouped by queue, channel and outcome:
+/// a client acking each message of a burst costs its queue one command, not one per ack.
+#[derive(Default)]
+pub struct PendingSettles {
+    settles: Vec<(Arc<QueueHandle>, u16, SettleAction, Vec<u64>)>,
+    /// Channels whose global prefetch reopened: their queues get a wake-up after the settles.
+    wakes: Vec<u16>,
+}
+
+impl PendingSettles {
+    pub fn add(
+        &mut self,
+        queue: Arc<QueueHandle>,
+        channel: u16,
+        action: SettleAction,
+        msg_ids: Vec<u64>,
+    ) {
+        let same = |(q, c, a, _): &&mut (Arc<QueueHandle>, u16, SettleAction, Vec<u64>)| {
+            Arc::ptr_eq(q, &queue) && *c == channel && *a == action
+        };
+        match self.settles.iter_mut().find(same) {
+            Some((_, _, _, ids)) => ids.extend(msg_ids),
+            None => self.settles.push((queue, channel, action, msg_ids)),
+        }
+    }
+
+    pub fn wake(&mut self, channel: u16) {
+        if !self.wakes.contains(&channel) {
+            self.wakes.push(channel);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.settles.is_empty() && self.wakes.is_empty()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn take(
+        &mut self,
+    ) -> (
+        Vec<(Arc<QueueHandle>, u16, SettleAction, Vec<u64>)>,
+        Vec<u16>,
+    ) {
+        (
+            std::mem::take(&mut self.settles),
+            std::mem::take(&mut self.wakes),
+        )
     }
 }
 

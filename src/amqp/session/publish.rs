@@ -371,19 +371,36 @@ impl Session {
                 None => by_queue.push((unacked.queue, vec![unacked.msg_id])),
             }
         }
-        let client = self.client.id;
         for (queue, msg_ids) in by_queue {
+            self.settles.add(queue, id, action, msg_ids);
+        }
+        if self.channel(id).credit.release(credit_returned) {
+            self.settles.wake(id);
+        }
+    }
+
+    /// Sends the settles gathered since the last flush: one command per queue, channel and
+    /// outcome however many acks the client sent in one read, then the wake-ups.
+    pub async fn flush_settles(&mut self) {
+        if self.settles.is_empty() {
+            return;
+        }
+        let client = self.client.id;
+        let (settles, wakes) = self.settles.take();
+        for (queue, channel, action, msg_ids) in settles {
             queue
                 .send(QueueCmd::Settle {
                     client,
-                    channel: id,
+                    channel,
                     msg_ids,
                     action,
                 })
                 .await;
         }
-        if self.channel(id).credit.release(credit_returned) {
-            self.wake_channel_queues(id).await;
+        for channel in wakes {
+            if self.channels.contains_key(&channel) {
+                self.wake_channel_queues(channel).await;
+            }
         }
     }
 }
