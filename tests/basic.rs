@@ -8,64 +8,22 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use common::TestBroker;
+use common::{declare, ready, reply_code, s, within, TestBroker};
 use lapin::message::{Delivery, DeliveryResult};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRecoverAsyncOptions, BasicRecoverOptions,
     BasicRejectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-/// Every single step of a test must finish within this; a hang fails fast.
-const STEP: Duration = Duration::from_secs(5);
 /// How long we wait to be confident that a delivery which must not come does not come.
 const QUIET: Duration = Duration::from_millis(200);
-
-async fn within<F: Future>(future: F) -> F::Output {
-    timeout(STEP, future).await.expect("step timed out")
-}
-
-/// The reply code of an AMQP error (channel.close / connection.close) seen by lapin.
-fn reply_code(error: &lapin::Error) -> Option<u16> {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
-
-fn s(value: &str) -> ShortString {
-    value.into()
-}
-
-async fn declare(ch: &Channel, queue: &str) {
-    within(ch.queue_declare(
-        s(queue),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .expect("queue.declare");
-}
-
-/// Ready messages, by a passive declare. Also a barrier: the broker handles a connection's
-/// frames in order, so every publish sent before on this channel is enqueued by now.
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(ch.queue_declare(s(queue), options, FieldTable::default()))
-        .await
-        .expect("passive queue.declare")
-        .message_count()
-}
 
 async fn publish(ch: &Channel, queue: &str, body: &[u8]) {
     within(ch.basic_publish(

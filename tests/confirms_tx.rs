@@ -8,63 +8,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::time::Duration;
 
-use common::TestBroker;
+use common::{declare, ready, reply_code, s, within, TestBroker};
 use ferrymq_wire::Method;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::FieldTable;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
-use tokio::time::timeout;
-
-/// Every single step of a test must finish within this; a hang fails fast.
-const STEP: Duration = Duration::from_secs(5);
-
-async fn within<F: Future>(future: F) -> F::Output {
-    timeout(STEP, future).await.expect("step timed out")
-}
-
-fn s(value: &str) -> ShortString {
-    value.into()
-}
-
-/// The reply code of an AMQP error (channel.close / connection.close) seen by lapin.
-fn reply_code(error: &lapin::Error) -> Option<u16> {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
-        _ => None,
-    }
-}
 
 async fn channel(conn: &Connection) -> Channel {
     within(conn.create_channel()).await.expect("channel.open")
-}
-
-async fn declare(ch: &Channel, queue: &str) {
-    within(ch.queue_declare(
-        s(queue),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    ))
-    .await
-    .expect("queue.declare");
-}
-
-/// Ready messages, by a passive declare; also a barrier for earlier publishes.
-async fn ready(ch: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    within(ch.queue_declare(s(queue), options, FieldTable::default()))
-        .await
-        .expect("passive queue.declare")
-        .message_count()
 }
 
 async fn publish(ch: &Channel, queue: &str, body: &str) {

@@ -99,3 +99,44 @@ pub async fn lapin(broker: &TestBroker) -> lapin::Connection {
         .await
         .expect("lapin connects")
 }
+
+/// The longest one step of a test may take: a hang fails fast instead of blocking CI.
+pub const STEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(STEP, future)
+        .await
+        .expect("step timed out")
+}
+
+/// The reply code of an AMQP error (channel.close / connection.close) seen by lapin.
+pub fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+pub fn s(value: &str) -> lapin::types::ShortString {
+    value.into()
+}
+
+pub async fn declare(ch: &lapin::Channel, queue: &str) {
+    let options = lapin::options::QueueDeclareOptions::default();
+    within(ch.queue_declare(s(queue), options, lapin::types::FieldTable::default()))
+        .await
+        .expect("queue.declare");
+}
+
+/// Ready messages, by a passive declare. Also a barrier: the broker handles a connection's
+/// frames in order, so every publish sent before on this channel is enqueued by now.
+pub async fn ready(ch: &lapin::Channel, queue: &str) -> u32 {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare(s(queue), options, lapin::types::FieldTable::default()))
+        .await
+        .expect("passive queue.declare")
+        .message_count()
+}
