@@ -224,6 +224,7 @@ impl Connection {
             channel_epochs: 0,
             published: false,
             settles: Default::default(),
+            route_buf: Vec::new(),
             heartbeat_s: tuned.heartbeat_s,
         }))
     }

@@ -52,6 +52,8 @@ pub struct Session {
     pub exclusive_queues: Vec<Arc<QueueHandle>>,
     /// Channels opened so far: each opening gets the next number as its epoch.
     pub channel_epochs: u64,
+    /// The queues of the publish being routed, kept to reuse its allocation.
+    pub route_buf: Vec<Arc<QueueHandle>>,
     /// Acks, nacks and rejects not yet sent to their queues (see `PendingSettles`).
     pub settles: PendingSettles,
     /// A basic.publish arrived since the connection last looked (resource alarms block

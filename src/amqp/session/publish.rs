@@ -206,7 +206,7 @@ impl Session {
         message: Message,
         mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
-        let (message, queues) = self.route(exchange, message);
+        let (message, mut queues) = self.route(exchange, message);
         let message = Arc::new(message);
         // A reply to a direct reply-to address goes straight to the requester's channel.
         let replied = exchange.is_default()
@@ -231,7 +231,7 @@ impl Session {
             self.outbox.method(id, &Method::BasicReturn(returned));
             self.outbox.content(id, &message.properties, &message.body);
         }
-        for queue in queues {
+        for queue in queues.drain(..) {
             let confirm = match (confirm_seq, waiters.as_deref_mut()) {
                 (Some(seq), _) => Some(ConfirmTicket::Channel {
                     client: Arc::clone(&self.client),
@@ -248,16 +248,19 @@ impl Session {
             };
             queue.publish(Arc::clone(&message), confirm).await;
         }
+        self.route_buf = queues;
     }
 
     /// Routes with the routing key plus any CC/BCC header keys; BCC is removed from the
     /// message before it is stored (RabbitMQ's sender-selected distribution).
     fn route(
-        &self,
+        &mut self,
         exchange: &Arc<Exchange>,
         mut message: Message,
     ) -> (Message, Vec<Arc<QueueHandle>>) {
-        let mut queues = Vec::new();
+        // Reused from publish to publish: routing must not allocate per message.
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
         let headers = if exchange.kind() == ferrymq_broker::exchange::ExchangeType::Headers
             || !message.properties.is_empty()
         {
@@ -268,13 +271,17 @@ impl Session {
         let extra = headers
             .as_ref()
             .map(|h| (string_array(h.get("CC")), string_array(h.get("BCC"))));
-        let mut keys: Vec<&str> = vec![message.routing_key.as_str()];
-        if let Some((cc, bcc)) = &extra {
-            keys.extend(cc.iter().map(String::as_str));
-            keys.extend(bcc.iter().map(String::as_str));
+        {
+            // On the stack: the routing key plus a few CC/BCC keys need no allocation.
+            let mut keys: smallvec::SmallVec<[&str; 4]> =
+                smallvec::smallvec![message.routing_key.as_str()];
+            if let Some((cc, bcc)) = &extra {
+                keys.extend(cc.iter().map(String::as_str));
+                keys.extend(bcc.iter().map(String::as_str));
+            }
+            self.vhost
+                .route(exchange, &keys, headers.as_ref(), &mut queues);
         }
-        self.vhost
-            .route(exchange, &keys, headers.as_ref(), &mut queues);
         if extra.as_ref().is_some_and(|(_, bcc)| !bcc.is_empty()) {
             message = without_bcc(message);
         }
