@@ -8,6 +8,7 @@ use ferrymq_store::{QueueLog, Record, RecordKind};
 fn record(seq: u64, body: &Bytes) -> Record {
     Record {
         kind: RecordKind::Persistent,
+        priority: 0,
         seq,
         expiry_ms: 0,
         exchange: Bytes::from_static(b"amq.direct"),

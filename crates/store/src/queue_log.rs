@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::Result;
 use crate::record::{Record, RecordKind};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::segment::{self, list_segments, read_acks, Position, Segment, DELIVERED_BIT};
 
@@ -23,8 +23,12 @@ pub struct RecoveredMessage {
     pub body_size: u32,
     /// The record's length in the segment: the next record starts right after it.
     pub encoded_len: u32,
-    /// It had been handed to a consumer before the restart: it returns redelivered.
-    pub delivered: bool,
+    /// Deliveries to consumers noted before the restart (one ack-file mark each): a
+    /// message delivered at least once returns redelivered, and delivery limits count on.
+    pub deliveries: u32,
+    /// The record's priority level and expiry (unix ms, 0 = none).
+    pub priority: u8,
+    pub expiry_ms: u64,
     /// The record itself, for the first `keep_records` messages (copied out of the segment
     /// so the segment's buffer is freed); the others are read back when their turn comes.
     /// Boxed: recovering a million messages must not cost a million inline records.
@@ -91,7 +95,9 @@ impl QueueLog {
                     seq: record.seq,
                     body_size: record.body.len() as u32,
                     encoded_len: record.encoded_len() as u32,
-                    delivered: delivered.contains(&offset),
+                    deliveries: delivered.get(&offset).copied().unwrap_or(0),
+                    priority: record.priority,
+                    expiry_ms: record.expiry_ms,
                     record: keep.then(|| Box::new(detached(&record))),
                 });
             })?;
@@ -238,7 +244,8 @@ impl QueueLog {
         Ok(())
     }
 
-    /// Notes that a record was handed to a consumer (see [`RecoveredMessage::delivered`]).
+    /// Notes that a record was handed to a consumer (see [`RecoveredMessage::deliveries`]);
+    /// each call adds a mark, so the count of deliveries survives a restart.
     pub fn mark_delivered(&mut self, position: Position) {
         if let Some(seg) = self.segments.get_mut(&position.segment) {
             seg.mark_delivered(position.offset);
@@ -281,15 +288,16 @@ impl QueueLog {
     }
 }
 
-/// The acked offsets and the delivered offsets recorded in a segment's ack file.
-fn read_marks(dir: &Path, number: u64) -> Result<(HashSet<u32>, HashSet<u32>)> {
+/// The acked offsets, and how many delivery marks each delivered offset has, recorded in
+/// a segment's ack file.
+fn read_marks(dir: &Path, number: u64) -> Result<(HashSet<u32>, HashMap<u32, u32>)> {
     let mut acked = HashSet::new();
-    let mut delivered = HashSet::new();
+    let mut delivered = HashMap::new();
     for entry in read_acks(dir, number)? {
         if entry & DELIVERED_BIT == 0 {
             acked.insert(entry);
         } else {
-            delivered.insert(entry & !DELIVERED_BIT);
+            *delivered.entry(entry & !DELIVERED_BIT).or_insert(0) += 1;
         }
     }
     Ok((acked, delivered))
@@ -299,6 +307,7 @@ fn read_marks(dir: &Path, number: u64) -> Result<(HashSet<u32>, HashSet<u32>)> {
 fn detached(record: &Record) -> Record {
     Record {
         kind: record.kind,
+        priority: record.priority,
         seq: record.seq,
         expiry_ms: record.expiry_ms,
         exchange: Bytes::copy_from_slice(&record.exchange),
@@ -316,6 +325,7 @@ mod tests {
     fn record(seq: u64, kind: RecordKind, body_len: usize) -> Record {
         Record {
             kind,
+            priority: 0,
             seq,
             expiry_ms: 0,
             exchange: Bytes::new(),
@@ -356,14 +366,14 @@ mod tests {
         let delivered: Vec<u64> = recovered
             .messages
             .iter()
-            .filter(|m| m.delivered)
+            .filter(|m| m.deliveries > 0)
             .map(|m| m.seq)
             .collect();
         assert_eq!(delivered, vec![2], "delivery marks survive the restart");
         let delivered: Vec<u64> = recovered
             .messages
             .iter()
-            .filter(|m| m.delivered)
+            .filter(|m| m.deliveries > 0)
             .map(|m| m.seq)
             .collect();
         assert_eq!(delivered, vec![2]);

@@ -1,19 +1,22 @@
 //! The message record: the unit every segment file is made of.
 //!
 //! ```text
-//!  offset 0      4      8      9       17       25        26+e      27+e+r        31+e+r+p
-//!         ┌──────┬──────┬──────┬───────┬────────┬─────────┬─────────┬─────────────┬──────────┐
-//!         │ size │ crc  │ kind │ seq   │ expiry │ exchange│ routing │ properties  │ body     │
-//!         │ u32  │ u32  │ u8   │ u64   │ u64    │ u8 len  │ u8 len  │ u32 len     │ u32 len  │
-//!         │      │      │      │       │        │ + bytes │ + bytes │ + bytes     │ + bytes  │
-//!         └──────┴──────┴──────┴───────┴────────┴─────────┴─────────┴─────────────┴──────────┘
+//!  offset 0      4      8      9      10      18       26        27+e      28+e+r        32+e+r+p
+//!         ┌──────┬──────┬──────┬──────┬───────┬────────┬─────────┬─────────┬─────────────┬──────────┐
+//!         │ size │ crc  │ kind │ prio │ seq   │ expiry │ exchange│ routing │ properties  │ body     │
+//!         │ u32  │ u32  │ u8   │ u8   │ u64   │ u64    │ u8 len  │ u8 len  │ u32 len     │ u32 len  │
+//!         │      │      │      │      │       │        │ + bytes │ + bytes │ + bytes     │ + bytes  │
+//!         └──────┴──────┴──────┴──────┴───────┴────────┴─────────┴─────────┴─────────────┴──────────┘
 //!  size = bytes after the crc field (kind … body); crc = CRC32C over those same bytes.
 //!  All integers big-endian, like the AMQP wire format the fields come from.
 //! ```
 //!
 //! `kind` says whether the message must survive a restart (persistent) or is only on disk
 //! because its queue paged it out (transient: skipped by recovery). `seq` is the queue's own
-//! message id, which orders the queue. `expiry` is a unix time in milliseconds (0 = none).
+//! message id, which orders the queue. `prio` is the priority level the queue filed the message
+//! under (0 outside priority queues) and `expiry` a unix time in milliseconds (0 = none): both
+//! are in the fixed part so recovery can place and expire a message without parsing its
+//! properties.
 //! Properties are the AMQP content-header property bytes as the publisher sent them.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,12 +26,12 @@ use crate::error::StoreError;
 /// Bytes before `kind`: the size and crc fields.
 pub const RECORD_PREFIX_BYTES: usize = 8;
 /// The smallest valid record body (kind … body with empty strings and body).
-const RECORD_FIXED_BYTES: usize = 1 + 8 + 8 + 1 + 1 + 4 + 4;
+const RECORD_FIXED_BYTES: usize = 1 + 1 + 8 + 8 + 1 + 1 + 4 + 4;
 /// Largest record accepted when reading; guards against allocating on a corrupt size field.
 /// The broker's message size limit (128 MiB by default) plus headroom for the fixed fields.
 pub const RECORD_SIZE_MAX_BYTES: usize = 512 * 1024 * 1024;
 
-const _: () = assert!(RECORD_FIXED_BYTES == 27);
+const _: () = assert!(RECORD_FIXED_BYTES == 28);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -53,6 +56,8 @@ impl RecordKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub kind: RecordKind,
+    /// The priority level within its queue (0 when the queue has no priorities).
+    pub priority: u8,
     pub seq: u64,
     pub expiry_ms: u64,
     pub exchange: Bytes,
@@ -83,6 +88,7 @@ impl Record {
         dst.put_u32((self.encoded_len() - RECORD_PREFIX_BYTES) as u32);
         dst.put_u32(0); // crc, filled in below
         dst.put_u8(self.kind as u8);
+        dst.put_u8(self.priority);
         dst.put_u64(self.seq);
         dst.put_u64(self.expiry_ms);
         dst.put_u8(self.exchange.len() as u8);
@@ -147,6 +153,7 @@ fn parse_payload(p: &Bytes) -> Option<Record> {
         Some(out)
     };
     let kind = RecordKind::from_byte(take(1)?[0])?;
+    let priority = take(1)?[0];
     let seq = u64::from_be_bytes(take(8)?[..].try_into().ok()?);
     let expiry_ms = u64::from_be_bytes(take(8)?[..].try_into().ok()?);
     let exchange_len = take(1)?[0] as usize;
@@ -162,6 +169,7 @@ fn parse_payload(p: &Bytes) -> Option<Record> {
     }
     Some(Record {
         kind,
+        priority,
         seq,
         expiry_ms,
         exchange,
@@ -179,6 +187,7 @@ mod tests {
     fn sample(seq: u64, body: &[u8]) -> Record {
         Record {
             kind: RecordKind::Persistent,
+            priority: 3,
             seq,
             expiry_ms: 0,
             exchange: Bytes::from_static(b"amq.direct"),
@@ -240,14 +249,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_records_round_trip(seq: u64, expiry: u64, transient: bool,
+        fn arbitrary_records_round_trip(seq: u64, expiry: u64, priority: u8, transient: bool,
             exchange in proptest::collection::vec(any::<u8>(), 0..=255),
             key in proptest::collection::vec(any::<u8>(), 0..=255),
             props in proptest::collection::vec(any::<u8>(), 0..64),
             body in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let record = Record {
                 kind: if transient { RecordKind::Transient } else { RecordKind::Persistent },
-                seq, expiry_ms: expiry,
+                priority, seq, expiry_ms: expiry,
                 exchange: exchange.into(), routing_key: key.into(), properties: props.into(), body: body.into(),
             };
             let bytes = encoded(&record);

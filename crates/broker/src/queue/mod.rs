@@ -44,6 +44,9 @@ pub struct QueueHandle {
     pub name: ShortStr,
     pub vhost: Arc<str>,
     pub config: QueueConfig,
+    /// The arguments in force: the declared ones merged with any matching policy. Redeclare
+    /// equivalence compares `config.arguments`; behaviour follows these.
+    pub arguments: FieldTable,
     tx: mpsc::Sender<QueueCmd>,
     deleted: AtomicBool,
 }
@@ -54,12 +57,14 @@ impl QueueHandle {
         name: ShortStr,
         vhost: &Arc<VHost>,
         config: QueueConfig,
+        arguments: FieldTable,
     ) -> Arc<QueueHandle> {
         let (tx, rx) = mpsc::channel(QUEUE_MAILBOX_COMMANDS_MAX);
         let handle = Arc::new(QueueHandle {
             name,
             vhost: vhost.name_arc(),
             config,
+            arguments,
             tx,
             deleted: AtomicBool::new(false),
         });

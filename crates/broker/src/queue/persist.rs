@@ -114,6 +114,7 @@ impl Persistence {
         };
         let record = Record {
             kind,
+            priority: 0,
             seq: id,
             expiry_ms: 0,
             exchange: message.exchange.clone().into_bytes(),
@@ -230,15 +231,16 @@ fn restored(recovered: RecoveredMessage) -> Restored {
         seq,
         body_size,
         encoded_len,
-        delivered,
+        deliveries,
         record,
+        ..
     } = recovered;
     Restored {
         id: seq,
         position,
         body_size,
         encoded_len,
-        delivered,
+        delivered: deliveries > 0,
         message: record.and_then(|r| message_from(*r)),
     }
 }

@@ -172,7 +172,8 @@ impl VHost {
                             arguments: config.arguments.clone(),
                         });
                     }
-                    let queue = QueueHandle::spawn(name.clone(), &vhost, config);
+                    let queue =
+                        QueueHandle::spawn(name.clone(), &vhost, config.clone(), config.arguments);
                     self.queues.write().insert(name, Arc::clone(&queue));
                     return Ok(QueueDeclared {
                         queue,
