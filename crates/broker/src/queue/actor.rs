@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::backlog::{Backlog, Entry, PagedEntry};
 use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
@@ -87,8 +88,21 @@ pub(super) async fn run(
     // Grown by recv_many as bursts need it: an idle queue should not hold 256 slots.
     let mut batch = Vec::new();
     while !state.deleted {
-        if rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX).await == 0 {
+        // Timed work (expiries, consumer timeouts) wakes the task even when nobody writes.
+        let received = match state.next_deadline() {
+            Some(deadline) => {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX) => Some(n),
+                    () = tokio::time::sleep_until(deadline) => None,
+                }
+            }
+            None => Some(rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX).await),
+        };
+        if received == Some(0) {
             break;
+        }
+        if received.is_none() || state.next_deadline().is_some_and(|d| d <= Instant::now()) {
+            state.on_deadline(Instant::now());
         }
         for cmd in batch.drain(..) {
             if state.deleted {
@@ -112,6 +126,14 @@ pub(super) async fn run(
 }
 
 impl QueueState {
+    /// The earliest moment some timed work is due; the task sleeps no later than this.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Does the timed work due at `now`.
+    fn on_deadline(&mut self, _now: Instant) {}
+
     fn handle_cmd(&mut self, cmd: QueueCmd) {
         match cmd {
             QueueCmd::Publish { message, confirm } => self.publish(message, confirm),
