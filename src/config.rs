@@ -86,6 +86,9 @@ settings! {
     memory_high_watermark_bytes ("FERRYMQ_MEMORY_HIGH_WATERMARK_BYTES"): u64 = 0,
     /// Free disk below which publishers are blocked; 0 = three segments.
     disk_free_limit_bytes ("FERRYMQ_DISK_FREE_LIMIT_BYTES"): u64 = 0,
+    /// Time a delivery may stay unacked before its channel is closed (406), in ms; 0 = no limit.
+    /// Queues (`x-consumer-timeout`) and consumers (same argument) override it.
+    consumer_timeout_ms ("FERRYMQ_CONSUMER_TIMEOUT_MS"): u64 = 0,
     /// Vhost created at start when the file declares none.
     default_vhost ("FERRYMQ_DEFAULT_VHOST"): String = "/".to_string(),
     /// User created at start when the file declares none (only from loopback if "guest").

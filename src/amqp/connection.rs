@@ -223,6 +223,7 @@ impl Connection {
             exclusive_queues: Vec::new(),
             channel_epochs: 0,
             published: false,
+            timed_out: Vec::new(),
             settles: Default::default(),
             route_buf: Vec::new(),
             heartbeat_s: tuned.heartbeat_s,
@@ -368,6 +369,7 @@ impl Connection {
                         session.handle_event(event);
                     }
                     session.flush_confirms();
+                    session.close_timed_out_channels().await;
                 }
                 _ = sleep_until(send_at) => {
                     session.outbox.heartbeat();
@@ -431,6 +433,7 @@ impl Connection {
         }
         session.flush_settles().await;
         session.flush_confirms();
+        session.close_timed_out_channels().await;
         Ok(())
     }
 

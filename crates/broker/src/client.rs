@@ -60,6 +60,13 @@ pub enum ClientEvent {
         epoch: u64,
         consumer_tag: ShortStr,
     },
+    /// A delivery on this channel stayed unacked past its timeout (`consumer_timeout`):
+    /// the channel is closed with 406, which requeues what it holds, as RabbitMQ does.
+    AckTimedOut {
+        channel: u16,
+        epoch: u64,
+        timeout_ms: u64,
+    },
 }
 
 /// One message on its way to a consumer.

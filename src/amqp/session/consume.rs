@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ferrymq_broker::client::Delivery;
 use ferrymq_broker::direct_reply::{ReplyTarget, REPLY_TO};
-use ferrymq_broker::queue::{ConsumerSpec, QueueCmd, QueueHandle};
+use ferrymq_broker::queue::{consumer_args, AckTimeout, ConsumerSpec, QueueCmd, QueueHandle};
 use ferrymq_broker::Message;
 use ferrymq_wire::{
     BasicCancel, BasicCancelOk, BasicConsume, BasicConsumeOk, BasicDeliver, BasicGet,
@@ -13,7 +13,7 @@ use ferrymq_wire::{
 
 use super::{dedup_queues, Session};
 use crate::amqp::channel::{ChannelState, SettleKind, Unacked};
-use crate::amqp::error::{code, AmqpError, AmqpResult};
+use crate::amqp::error::{code, AmqpError, AmqpResult, CloseReason};
 
 impl Session {
     pub(super) fn basic_qos(&mut self, id: u16, m: BasicQos) -> AmqpResult {
@@ -65,6 +65,15 @@ impl Session {
         );
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
+        let ack_timeout = (!m.no_ack)
+            .then(|| {
+                consumer_args::ack_timeout(
+                    Some(&m.arguments),
+                    &queue.arguments,
+                    self.server.config.consumer_timeout_ms,
+                )
+            })
+            .flatten();
         let spec = ConsumerSpec {
             tag: tag.clone(),
             client: Arc::clone(&self.client),
@@ -75,6 +84,7 @@ impl Session {
             channel_credit,
             exclusive: m.exclusive,
             arguments: m.arguments,
+            ack_timeout,
         };
         // Registered before the queue can deliver, so no delivery finds an unknown tag.
         self.channel(id)
@@ -246,6 +256,49 @@ impl Session {
             .content(delivery.channel, &message.properties, &message.body);
     }
 
+    /// A queue reports a delivery on this channel unacked past its timeout: the channel is
+    /// closed (by [`Self::close_timed_out_channels`], which may wait on queues).
+    pub(super) fn ack_timed_out(&mut self, id: u16, epoch: u64, timeout_ms: u64) {
+        let open = self
+            .channels
+            .get(&id)
+            .is_some_and(|c| c.epoch == epoch && c.state == ChannelState::Open);
+        if open && !self.timed_out.iter().any(|&(channel, _)| channel == id) {
+            self.timed_out.push((id, timeout_ms));
+        }
+    }
+
+    /// Closes the channels whose deliveries timed out, with RabbitMQ's 406 and text; their
+    /// unacked messages go back to their queues.
+    pub async fn close_timed_out_channels(&mut self) {
+        for (id, timeout_ms) in std::mem::take(&mut self.timed_out) {
+            if self
+                .channels
+                .get(&id)
+                .is_none_or(|c| c.state != ChannelState::Open)
+            {
+                continue;
+            }
+            tracing::warn!(
+                channel = id,
+                timeout_ms,
+                "delivery acknowledgement timed out, closing channel"
+            );
+            let text = format!(
+                "delivery acknowledgement on channel {id} timed out. Timeout value used: \
+                 {timeout_ms} ms. This timeout value can be configured, see consumers doc \
+                 guide to learn more"
+            );
+            let reason = CloseReason {
+                code: code::PRECONDITION_FAILED,
+                text,
+                class_id: 0,
+                method_id: 0,
+            };
+            self.close_channel_with(id, reason).await;
+        }
+    }
+
     /// The broker cancelled a consumer (its queue was deleted).
     pub(super) fn consumer_cancelled(&mut self, id: u16, epoch: u64, consumer_tag: ShortStr) {
         let Some(channel) = self.channels.get_mut(&id).filter(|c| c.epoch == epoch) else {
@@ -272,7 +325,21 @@ impl Session {
         let name = self.channel(id).queue_name(&m.queue, ids)?;
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
-        let Some(got) = queue.get(&self.client, id, m.no_ack).await.map_err(fail)? else {
+        // RabbitMQ times out basic.get deliveries too (the channel watches every unacked one).
+        let ack_timeout = (!m.no_ack)
+            .then(|| {
+                let default_ms = self.server.config.consumer_timeout_ms;
+                consumer_args::ack_timeout(None, &queue.arguments, default_ms)
+            })
+            .flatten()
+            .map(|after| AckTimeout {
+                client: Arc::clone(&self.client),
+                channel: id,
+                epoch: self.channel(id).epoch,
+                after,
+            });
+        let got = queue.get(&self.client, id, m.no_ack, ack_timeout);
+        let Some(got) = got.await.map_err(fail)? else {
             self.outbox
                 .method(id, &Method::BasicGetEmpty(BasicGetEmpty::default()));
             return Ok(());

@@ -59,6 +59,9 @@ pub struct Session {
     /// A basic.publish arrived since the connection last looked (resource alarms block
     /// connections that publish, as RabbitMQ does).
     pub published: bool,
+    /// Channels to close for an ack timeout, with the timeout: (channel, ms). Events are
+    /// handled where we cannot wait on queues, so closing waits for the connection loop.
+    pub timed_out: Vec<(u16, u64)>,
 }
 
 impl Session {
@@ -350,6 +353,11 @@ impl Session {
                 epoch,
                 consumer_tag,
             } => self.consumer_cancelled(channel, epoch, consumer_tag),
+            ClientEvent::AckTimedOut {
+                channel,
+                epoch,
+                timeout_ms,
+            } => self.ack_timed_out(channel, epoch, timeout_ms),
         }
     }
 

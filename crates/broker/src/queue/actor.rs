@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use super::backlog::{Backlog, Entry, PagedEntry};
 use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
-use super::consumer::Consumer;
+use super::consumer::{self, Consumer, ConsumerRules};
+use super::consumer_args;
+use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::QueueHandle;
 use crate::client::{ClientEvent, ClientId, Delivery};
@@ -31,6 +33,8 @@ struct Unacked {
     channel: u16,
     /// `None` for basic.get deliveries.
     consumer: Option<u64>,
+    /// When the delivery times out unacked (see `consumer_timeout`).
+    deadline: Option<Instant>,
 }
 
 struct QueueState {
@@ -41,6 +45,8 @@ struct QueueState {
     consumers: Vec<Consumer>,
     /// Round-robin position in `consumers`.
     cursor: usize,
+    /// Single active consumer and ack deadlines.
+    rules: ConsumerRules,
     next_msg_id: u64,
     next_consumer_key: u64,
     /// Auto-delete queues go away when their last consumer leaves, but only once they
@@ -68,6 +74,7 @@ pub(super) async fn run(
         unacked: HashMap::new(),
         consumers: Vec::new(),
         cursor: 0,
+        rules: ConsumerRules::default(),
         next_msg_id: 0,
         next_consumer_key: 0,
         had_consumers: false,
@@ -128,11 +135,15 @@ pub(super) async fn run(
 impl QueueState {
     /// The earliest moment some timed work is due; the task sleeps no later than this.
     fn next_deadline(&self) -> Option<Instant> {
-        None
+        self.rules.deadlines.next_due()
     }
 
     /// Does the timed work due at `now`.
-    fn on_deadline(&mut self, _now: Instant) {}
+    fn on_deadline(&mut self, now: Instant) {
+        self.rules
+            .deadlines
+            .expire(now, |id| self.unacked.get(&id)?.deadline);
+    }
 
     fn handle_cmd(&mut self, cmd: QueueCmd) {
         match cmd {
@@ -146,6 +157,8 @@ impl QueueState {
                 consumer_tag,
                 reply,
             } => {
+                // Its unacked deliveries stay with the channel (they may still be acked),
+                // as with RabbitMQ; a closing channel requeues them.
                 let before = self.consumers.len();
                 self.consumers
                     .retain(|c| !c.is(client, channel, &consumer_tag));
@@ -167,9 +180,10 @@ impl QueueState {
                 client,
                 channel,
                 no_ack,
+                ack_timeout,
                 reply,
             } => {
-                let _ = reply.send(self.get(client, channel, no_ack));
+                let _ = reply.send(self.get(client, channel, no_ack, ack_timeout));
             }
             QueueCmd::Purge { reply } => {
                 let _ = reply.send(self.drop_ready() as u32);
@@ -389,21 +403,31 @@ impl QueueState {
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<()> {
+        let (name, vhost) = (&self.handle.name, &self.handle.vhost);
+        // Arguments are checked before exclusivity, as RabbitMQ checks them in the channel.
+        let priority = consumer_args::priority(&spec.arguments, name, vhost)?;
+        // The queue's arguments never change, so reading them here is reading them once.
+        self.rules.single_active = consumer_args::single_active_consumer(&self.handle.arguments);
+        // An exclusive consumer on a single-active-consumer queue is refused even alone.
         if self.consumers.iter().any(|c| c.spec.exclusive)
-            || (spec.exclusive && !self.consumers.is_empty())
+            || (spec.exclusive && (self.rules.single_active || !self.consumers.is_empty()))
         {
             return Err(BrokerError::access_refused(format!(
-                "queue '{}' in vhost '{}' in exclusive use",
-                self.handle.name, self.handle.vhost
+                "queue '{name}' in vhost '{vhost}' in exclusive use"
             )));
         }
         let key = self.next_consumer_key;
         self.next_consumer_key += 1;
-        self.consumers.push(Consumer {
-            key,
-            spec,
-            unacked: 0,
-        });
+        let at = consumer::insert_position(&self.consumers, priority, self.rules.single_active);
+        self.consumers.insert(
+            at,
+            Consumer {
+                key,
+                spec,
+                unacked: 0,
+                priority,
+            },
+        );
         self.had_consumers = true;
         Ok(())
     }
@@ -459,7 +483,13 @@ impl QueueState {
         self.settle(client, channel, &ids, SettleAction::Requeue);
     }
 
-    fn get(&mut self, client: ClientId, channel: u16, no_ack: bool) -> Option<GetOk> {
+    fn get(
+        &mut self,
+        client: ClientId,
+        channel: u16,
+        no_ack: bool,
+        ack_timeout: Option<AckTimeout>,
+    ) -> Option<GetOk> {
         let mut entry = self.next_ready()?;
         self.note_delivery(&mut entry, no_ack);
         let ok = GetOk {
@@ -469,6 +499,12 @@ impl QueueState {
             message_count: self.backlog.len() as u32,
         };
         if !no_ack {
+            let deadline = track_ack(
+                &mut self.rules.deadlines,
+                &self.unacked,
+                entry.id,
+                ack_timeout,
+            );
             self.unacked.insert(
                 entry.id,
                 Unacked {
@@ -476,6 +512,7 @@ impl QueueState {
                     client,
                     channel,
                     consumer: None,
+                    deadline,
                 },
             );
         }
@@ -555,26 +592,38 @@ impl QueueState {
             });
             if !spec.no_ack {
                 consumer.unacked += 1;
+                let timeout = consumer.ack_timeout();
+                let deadline =
+                    track_ack(&mut self.rules.deadlines, &self.unacked, entry.id, timeout);
                 let held = Unacked {
                     entry,
                     client: spec.client.id,
                     channel: spec.channel,
                     consumer: Some(consumer.key),
+                    deadline,
                 };
                 self.unacked.insert(held.entry.id, held);
             }
         }
     }
 
+    /// Priorities, round-robin and single active consumer: see `consumer.rs`.
     fn next_consumer_with_credit(&mut self) -> Option<usize> {
-        let count = self.consumers.len();
-        for _ in 0..count {
-            let index = self.cursor % count;
-            self.cursor = (index + 1) % count;
-            if self.consumers[index].try_reserve() {
-                return Some(index);
-            }
-        }
-        None
+        consumer::next_with_credit(
+            &mut self.consumers,
+            &mut self.cursor,
+            self.rules.single_active,
+        )
     }
+}
+
+/// Starts the ack clock of a delivery that has a timeout; its deadline goes in `Unacked`.
+fn track_ack(
+    deadlines: &mut AckDeadlines,
+    unacked: &HashMap<u64, Unacked>,
+    msg_id: u64,
+    timeout: Option<AckTimeout>,
+) -> Option<Instant> {
+    let live = unacked.len();
+    Some(deadlines.track(msg_id, timeout?, live, |id| unacked.get(&id)?.deadline))
 }

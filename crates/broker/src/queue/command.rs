@@ -1,10 +1,12 @@
 //! The queue mailbox: every command a queue task accepts.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferrymq_wire::{FieldTable, ShortStr};
 use tokio::sync::oneshot;
 
+use super::consumer_timeout::AckTimeout;
 use crate::client::{ChannelCredit, ClientEvent, ClientHandle, ClientId};
 use crate::error::Result;
 use crate::message::Message;
@@ -70,8 +72,12 @@ pub struct ConsumerSpec {
     /// The channel-wide prefetch (basic.qos global=true), shared across queues.
     pub channel_credit: Arc<ChannelCredit>,
     pub exclusive: bool,
-    /// Kept for consumer priorities and stream offsets.
+    /// `x-priority` (read by the queue) and the rest, kept for stream offsets.
     pub arguments: FieldTable,
+    /// How long a delivery may stay unacked before the channel is closed (406); resolved
+    /// by the protocol layer from the consumer's and queue's `x-consumer-timeout` and the
+    /// broker default. `None`: no limit.
+    pub ack_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -121,6 +127,8 @@ pub enum QueueCmd {
         client: ClientId,
         channel: u16,
         no_ack: bool,
+        /// Where to report that the message stayed unacked too long, if it may.
+        ack_timeout: Option<AckTimeout>,
         reply: oneshot::Sender<Option<GetOk>>,
     },
     Purge {

@@ -1,8 +1,21 @@
-//! A consumer as its queue sees it: where deliveries go and how much credit is left.
+//! A consumer as its queue sees it: where deliveries go and how much credit is left; and
+//! which consumer a queue picks for the next delivery.
+//!
+//! Selection follows RabbitMQ (`rabbit_queue_consumers`): consumers are kept ordered by
+//! `x-priority`, highest first, in registration order within a priority. A delivery goes to
+//! the first priority level with a consumer that has credit, round-robin inside the level, so
+//! lower priorities only get messages while every higher consumer is blocked (prefetch,
+//! channel prefetch or a full client window).
+//!
+//! With `x-single-active-consumer`, `consumers[0]` is the active consumer and the only one
+//! served, even while it has no credit; the others wait, ordered as above. When it goes, the
+//! new first one (highest priority, earliest registered) takes over, as a classic queue of
+//! RabbitMQ picks its next active consumer.
 
 use ferrymq_wire::ShortStr;
 
 use super::command::ConsumerSpec;
+use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use crate::client::ClientId;
 
 #[derive(Debug)]
@@ -13,6 +26,8 @@ pub struct Consumer {
     pub spec: ConsumerSpec,
     /// Deliveries to this consumer not yet acked, rejected or requeued.
     pub unacked: u32,
+    /// `x-priority`: higher is served first.
+    pub priority: i64,
 }
 
 impl Consumer {
@@ -41,10 +56,73 @@ impl Consumer {
         self.spec.channel_credit.try_acquire()
     }
 
+    /// Where this consumer's deliveries report an ack timeout, if they have one.
+    pub fn ack_timeout(&self) -> Option<AckTimeout> {
+        let spec = &self.spec;
+        spec.ack_timeout.map(|after| AckTimeout {
+            client: std::sync::Arc::clone(&spec.client),
+            channel: spec.channel,
+            epoch: spec.epoch,
+            after,
+        })
+    }
+
     /// Undoes a `try_reserve` whose delivery did not happen.
     pub fn give_back_credit(&mut self) {
         if !self.spec.no_ack {
             self.spec.channel_credit.release(1);
         }
     }
+}
+
+/// A queue's consumer-feature state besides its consumer list.
+#[derive(Debug, Default)]
+pub struct ConsumerRules {
+    /// `x-single-active-consumer = true`: only `consumers[0]` is served.
+    pub single_active: bool,
+    /// Ack deadlines of deliveries made with a timeout.
+    pub deadlines: AckDeadlines,
+}
+
+/// Where a new consumer of `priority` goes: after every consumer of at least its priority
+/// (registration order within a level). With a single active consumer, never before the
+/// active one at index 0, which stays active until it leaves.
+pub fn insert_position(consumers: &[Consumer], priority: i64, single_active: bool) -> usize {
+    let skip = usize::from(single_active && !consumers.is_empty());
+    skip + consumers[skip..].partition_point(|c| c.priority >= priority)
+}
+
+/// The next consumer to deliver to, taking its credit: the single active consumer only, or
+/// round-robin (from `cursor`) inside the highest priority level that has a consumer with
+/// credit. Returns its index and moves `cursor` past it.
+pub fn next_with_credit(
+    consumers: &mut [Consumer],
+    cursor: &mut usize,
+    single_active: bool,
+) -> Option<usize> {
+    if single_active {
+        // RabbitMQ does not pass over a busy active consumer: messages wait for it.
+        return consumers.first_mut()?.try_reserve().then_some(0);
+    }
+    let mut start = 0;
+    while start < consumers.len() {
+        let priority = consumers[start].priority;
+        let end = start + consumers[start..].partition_point(|c| c.priority == priority);
+        let len = end - start;
+        // The cursor only means something inside the level it was left in.
+        let first = if (start..end).contains(cursor) {
+            *cursor - start
+        } else {
+            0
+        };
+        for step in 0..len {
+            let index = start + (first + step) % len;
+            if consumers[index].try_reserve() {
+                *cursor = index + 1;
+                return Some(index);
+            }
+        }
+        start = end;
+    }
+    None
 }

@@ -10,6 +10,8 @@ mod actor;
 mod backlog;
 mod command;
 mod consumer;
+pub mod consumer_args;
+mod consumer_timeout;
 mod persist;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,7 @@ use crate::message::Message;
 use crate::vhost::VHost;
 
 pub use command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
+pub use consumer_timeout::{AckTimeout, ACK_TIMEOUT_CHECK_INTERVAL_MS};
 pub use persist::QueueStorage;
 
 /// Commands a queue's mailbox holds before publishers must wait.
@@ -164,17 +167,20 @@ impl QueueHandle {
         .unwrap_or(false)
     }
 
+    /// basic.get; `ack_timeout` limits how long the message may stay unacked.
     pub async fn get(
         &self,
         client: &Arc<ClientHandle>,
         channel: u16,
         no_ack: bool,
+        ack_timeout: Option<AckTimeout>,
     ) -> Result<Option<GetOk>> {
         let client = client.id;
         self.request(|reply| QueueCmd::Get {
             client,
             channel,
             no_ack,
+            ack_timeout,
             reply,
         })
         .await

@@ -164,6 +164,11 @@ impl VHost {
                         .this
                         .upgrade()
                         .ok_or_else(|| BrokerError::internal("vhost is shutting down"))?;
+                    crate::queue::consumer_args::check_declare(
+                        &config.arguments,
+                        &name,
+                        &self.name,
+                    )?;
                     if config.durable {
                         self.record(|vhost| Definition::Queue {
                             vhost,
