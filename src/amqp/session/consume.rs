@@ -263,19 +263,21 @@ impl Session {
             .channels
             .get(&id)
             .is_some_and(|c| c.epoch == epoch && c.state == ChannelState::Open);
-        if open && !self.timed_out.iter().any(|&(channel, _)| channel == id) {
-            self.timed_out.push((id, timeout_ms));
+        if open && !self.timed_out.iter().any(|&(channel, ..)| channel == id) {
+            self.timed_out.push((id, epoch, timeout_ms));
         }
     }
 
     /// Closes the channels whose deliveries timed out, with RabbitMQ's 406 and text; their
     /// unacked messages go back to their queues.
     pub async fn close_timed_out_channels(&mut self) {
-        for (id, timeout_ms) in std::mem::take(&mut self.timed_out) {
+        for (id, epoch, timeout_ms) in std::mem::take(&mut self.timed_out) {
+            // Frames handled since the event may have closed the channel, or closed it and
+            // opened another with the same number.
             if self
                 .channels
                 .get(&id)
-                .is_none_or(|c| c.state != ChannelState::Open)
+                .is_none_or(|c| c.epoch != epoch || c.state != ChannelState::Open)
             {
                 continue;
             }

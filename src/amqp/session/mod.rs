@@ -59,9 +59,9 @@ pub struct Session {
     /// A basic.publish arrived since the connection last looked (resource alarms block
     /// connections that publish, as RabbitMQ does).
     pub published: bool,
-    /// Channels to close for an ack timeout, with the timeout: (channel, ms). Events are
+    /// Channels to close for an ack timeout: (channel, epoch, timeout in ms). Events are
     /// handled where we cannot wait on queues, so closing waits for the connection loop.
-    pub timed_out: Vec<(u16, u64)>,
+    pub timed_out: Vec<(u16, u64, u64)>,
 }
 
 impl Session {

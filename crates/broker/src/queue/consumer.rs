@@ -126,3 +126,94 @@ pub fn next_with_credit(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ferrymq_wire::FieldTable;
+
+    use super::*;
+    use crate::client::{ChannelCredit, ClientHandle};
+
+    /// A consumer with `priority` and per-consumer prefetch `prefetch` (0 = unlimited).
+    fn consumer(key: u64, priority: i64, prefetch: u32) -> Consumer {
+        let (client, _events) = ClientHandle::new(key, usize::MAX);
+        Consumer {
+            key,
+            spec: ConsumerSpec {
+                tag: ShortStr::from(format!("c{key}")),
+                client,
+                channel: 1,
+                epoch: 1,
+                no_ack: false,
+                prefetch_count: prefetch,
+                channel_credit: Arc::new(ChannelCredit::default()),
+                exclusive: false,
+                arguments: FieldTable::new(),
+                ack_timeout: None,
+            },
+            unacked: 0,
+            priority,
+        }
+    }
+
+    /// Registers consumers (key, priority, prefetch) in order, as `add_consumer` does.
+    fn registered(specs: &[(u64, i64, u32)], single_active: bool) -> Vec<Consumer> {
+        let mut consumers = Vec::new();
+        for &(key, priority, prefetch) in specs {
+            let at = insert_position(&consumers, priority, single_active);
+            consumers.insert(at, consumer(key, priority, prefetch));
+        }
+        consumers
+    }
+
+    /// Which consumer keys `n` deliveries go to (each delivery counts against prefetch).
+    fn serve(consumers: &mut [Consumer], single_active: bool, n: usize) -> Vec<Option<u64>> {
+        let mut cursor = 0;
+        (0..n)
+            .map(|_| {
+                let index = next_with_credit(consumers, &mut cursor, single_active)?;
+                consumers[index].unacked += 1;
+                Some(consumers[index].key)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consumers_are_ordered_by_priority_then_registration() {
+        let consumers = registered(
+            &[(0, 0, 0), (1, 5, 0), (2, -1, 0), (3, 5, 0), (4, 0, 0)],
+            false,
+        );
+        let keys: Vec<u64> = consumers.iter().map(|c| c.key).collect();
+        assert_eq!(keys, [1, 3, 0, 4, 2]);
+    }
+
+    #[test]
+    fn the_highest_level_with_credit_is_served_round_robin_before_lower_ones() {
+        let mut consumers = registered(&[(0, 0, 0), (1, 5, 2), (2, 5, 1)], false);
+        let served = serve(&mut consumers, false, 5);
+        // 1 and 2 alternate until both are at their prefetch, then 0 takes the rest.
+        assert_eq!(served, [Some(1), Some(2), Some(1), Some(0), Some(0)]);
+    }
+
+    #[test]
+    fn nobody_is_served_when_every_consumer_is_at_its_limit() {
+        let mut consumers = registered(&[(0, 1, 1), (1, 0, 1)], false);
+        assert_eq!(serve(&mut consumers, false, 3), [Some(0), Some(1), None]);
+    }
+
+    #[test]
+    fn a_single_active_consumer_keeps_its_place_and_is_the_only_one_served() {
+        // A later consumer of higher priority waits behind the active one...
+        let mut consumers = registered(&[(0, 0, 1), (1, 0, 0), (2, 9, 0)], true);
+        let keys: Vec<u64> = consumers.iter().map(|c| c.key).collect();
+        assert_eq!(keys, [0, 2, 1]);
+        // ...and nobody else is served while the active one is at its prefetch.
+        assert_eq!(serve(&mut consumers, true, 2), [Some(0), None]);
+        // When it leaves, the highest-priority waiting consumer is first, hence active.
+        consumers.remove(0);
+        assert_eq!(serve(&mut consumers, true, 1), [Some(2)]);
+    }
+}
