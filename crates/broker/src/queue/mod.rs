@@ -7,10 +7,13 @@
 //! through their credit windows (see [`crate::client`]), so no cycle of waits can form.
 
 mod actor;
+pub mod arguments;
 mod backlog;
 mod command;
 mod consumer;
+pub mod dead_letter;
 mod persist;
+mod priority;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -155,6 +155,7 @@ impl VHost {
         } else {
             check_name("queue", name).map(|()| name.clone())?
         };
+        crate::queue::arguments::QueueArgs::validate(&config.arguments, &name, &self.name)?;
         let existing = {
             let _defs = self.definitions.lock();
             match self.queue(&name) {
