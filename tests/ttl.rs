@@ -119,6 +119,27 @@ async fn paged_messages_expire_too() {
 }
 
 #[tokio::test]
+async fn a_queue_ttl_expires_a_backlog_that_is_mostly_on_disk() {
+    let broker = TestBroker::start_with(|config| config.queue_window_messages = 4).await;
+    let (_conn, ch) = channel(&broker).await;
+    sink(&ch, "dlx", "dlq", false).await;
+    let arguments = args(&[
+        ("x-message-ttl", long(100)),
+        ("x-dead-letter-exchange", text("dlx")),
+        ("x-max-priority", long(2)),
+    ]);
+    declare_with(&ch, "q", QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap();
+    for n in 0..40u8 {
+        let props = BasicProperties::default().with_priority(n % 3);
+        publish(&ch, "q", &n.to_string(), props).await;
+    }
+    eventually(common::STEP, || async { ready(&ch, "dlq").await == 40 }).await;
+    assert_eq!(ready(&ch, "q").await, 0);
+}
+
+#[tokio::test]
 async fn expiries_survive_a_restart() {
     let broker = TestBroker::start_with(|config| config.queue_window_messages = 2).await;
     let (conn, ch) = channel(&broker).await;

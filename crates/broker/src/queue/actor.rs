@@ -175,8 +175,18 @@ impl QueueState {
     /// The earliest moment some timed work is due; the task sleeps no later than this.
     fn next_deadline(&mut self) -> Option<Instant> {
         let mut due_ms = self.expiring.keys().next().map(|&(at, _)| at);
-        for (_, level) in self.backlog.iter_mut() {
-            if let Some(at) = level.peek().map(|e| e.expires_at_ms).filter(|&at| at != 0) {
+        for level in 0..self.backlog.count() as u8 {
+            // A level whose memory part ran dry has its next expiry on disk: with a queue
+            // TTL that is the next to expire there, so read it in to know when.
+            let backlog = self.backlog.level(level);
+            if self.args.message_ttl_ms.is_some()
+                && backlog.peek().is_none()
+                && backlog.paged_len() > 0
+            {
+                self.refill(level);
+            }
+            let head = self.backlog.level(level).peek().map(|e| e.expires_at_ms);
+            if let Some(at) = head.filter(|&at| at != 0) {
                 due_ms = Some(due_ms.map_or(at, |d| d.min(at)));
             }
         }
@@ -765,8 +775,9 @@ impl QueueState {
             return;
         }
         let level = self.backlog.level_for(entry.message.priority);
-        if entry.expires_at_ms != 0 && self.args.message_ttl_ms.is_none() {
-            // Its index entry may have been dropped while it was out.
+        if entry.expires_at_ms != 0 {
+            // Its index entry may have been dropped while it was out, and requeued entries
+            // wait in id order, not expiry order. (Bounded by prefetch: they were out.)
             self.expiring.insert(
                 (entry.expires_at_ms, entry.id),
                 Expiring {

@@ -65,11 +65,4 @@ impl Levels {
     pub fn bytes(&self) -> usize {
         self.levels.iter().map(Backlog::bytes).sum()
     }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u8, &mut Backlog)> {
-        self.levels
-            .iter_mut()
-            .enumerate()
-            .map(|(level, b)| (level as u8, b))
-    }
 }
