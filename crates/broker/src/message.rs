@@ -17,6 +17,10 @@ pub struct Message {
     pub body: Bytes,
     /// delivery_mode == 2, read once at publish time.
     pub persistent: bool,
+    /// The `priority` property (0 when absent), for priority queues.
+    pub priority: u8,
+    /// The `expiration` property (per-message TTL) in milliseconds, when valid.
+    pub expiration_ms: Option<u64>,
 }
 
 impl Message {
@@ -26,18 +30,45 @@ impl Message {
         properties: Properties,
         body: Bytes,
     ) -> Self {
-        let persistent = properties.delivery_mode() == Some(2);
+        // One pass over the properties at publish; every queue then reads plain fields.
+        let (persistent, priority, expiration_ms) = if properties.is_empty() {
+            (false, 0, None)
+        } else {
+            (
+                properties.delivery_mode() == Some(2),
+                properties.priority().unwrap_or(0),
+                properties
+                    .expiration()
+                    .and_then(|e| parse_expiration(&e).ok()),
+            )
+        };
         Message {
             exchange,
             routing_key,
             properties,
             body,
             persistent,
+            priority,
+            expiration_ms,
         }
     }
 
     /// What the message costs a queue in bytes (RabbitMQ counts the body only).
     pub fn body_size(&self) -> usize {
         self.body.len()
+    }
+}
+
+/// Reads an `expiration` property: RabbitMQ takes a non-negative integer number of
+/// milliseconds written in decimal, and refuses the publish (406) for anything else.
+pub fn parse_expiration(value: &str) -> Result<u64, String> {
+    match value.parse::<i64>() {
+        Ok(ms) if ms >= 0 => Ok(ms as u64),
+        Ok(ms) => Err(format!(
+            "invalid expiration '{value}': {{value_negative,{ms}}}"
+        )),
+        Err(_) => Err(format!(
+            "invalid expiration '{value}': {{error,no_integer}}"
+        )),
     }
 }

@@ -133,6 +133,7 @@ impl Session {
         let properties = pending.properties.take().unwrap_or_else(Properties::empty);
         let method = pending.method;
         self.check_user_id(&properties)?;
+        check_expiration(&properties)?;
         let properties = self.rewrite_reply_to(id, properties)?;
         let exchange = self
             .vhost
@@ -418,6 +419,16 @@ fn not_transactional(ids: (u16, u16)) -> AmqpError {
         "channel is not transactional",
         ids,
     )
+}
+
+/// A per-message TTL must be a non-negative integer; RabbitMQ refuses the publish (406).
+fn check_expiration(properties: &Properties) -> AmqpResult {
+    match properties.expiration() {
+        Some(value) if !properties.is_empty() => ferrymq_broker::message::parse_expiration(&value)
+            .map(|_| ())
+            .map_err(|text| AmqpError::channel(code::PRECONDITION_FAILED, text, PUBLISH)),
+        _ => Ok(()),
+    }
 }
 
 /// The string elements of a CC/BCC header (an array of longstr, or a single longstr).

@@ -3,19 +3,33 @@
 //! It drains its mailbox in batches (up to [`MAILBOX_BATCH_COMMANDS_MAX`] commands), applies
 //! them, then dispatches once, so a burst of publishes costs one dispatch pass rather than
 //! one per message.
+//!
+//! Expiry: a message's expiry (the earlier of the queue's `x-message-ttl` and its own
+//! `expiration`) is fixed when it is enqueued and stored with it. With a queue TTL alone,
+//! expiries grow with ids, so each priority level's head is always the next to expire; a
+//! message with its own shorter `expiration` can expire before the head, so it is also
+//! kept in an index by expiry and removed from the middle on time (RabbitMQ only expires
+//! at the head).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferrymq_store::Position;
+use ferrymq_wire::FieldValue;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::backlog::{Backlog, Entry, PagedEntry};
+use super::arguments::{Overflow, QueueArgs};
+use super::backlog::{Entry, PagedEntry, Removed};
 use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
 use super::consumer::{self, Consumer, ConsumerRules};
 use super::consumer_args;
 use super::consumer_timeout::{AckDeadlines, AckTimeout};
+use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::persist::{Persistence, QueueStorage, Restored};
+use super::priority::Levels;
 use super::QueueHandle;
 use crate::client::{ClientEvent, ClientId, Delivery};
 use crate::error::{BrokerError, Result};
@@ -37,10 +51,29 @@ struct Unacked {
     deadline: Option<Instant>,
 }
 
+/// A message whose own `expiration` may run out before it reaches the head.
+#[derive(Debug, Clone, Copy)]
+struct Expiring {
+    level: u8,
+    /// Where it is on disk, to dead-letter it while paged.
+    position: Option<Position>,
+    body_size: u32,
+}
+
 struct QueueState {
     handle: Arc<QueueHandle>,
     vhost: Weak<VHost>,
-    backlog: Backlog,
+    args: QueueArgs,
+    dead_letter: Option<DeadLetterTarget>,
+    /// Ready messages, one FIFO backlog per priority level.
+    backlog: Levels,
+    /// Messages with their own expiration, by (expiry unix ms, id). Entries of messages
+    /// that left meanwhile are found absent when due and skipped.
+    expiring: BTreeMap<(u64, u64), Expiring>,
+    /// Dead letters of the current batch, routed when it ends.
+    dead_letters: Vec<Message>,
+    /// When the queue was last used (x-expires): consumed from, fetched from, declared.
+    last_used: Instant,
     unacked: HashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
     /// Round-robin position in `consumers`.
@@ -67,10 +100,22 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<QueueCmd>,
     storage: Option<QueueStorage>,
 ) {
+    let args = QueueArgs::parse(&handle.arguments);
     let mut state = QueueState {
         handle,
         vhost,
-        backlog: Backlog::default(),
+        dead_letter: args
+            .dead_letter_exchange
+            .clone()
+            .map(|exchange| DeadLetterTarget {
+                exchange,
+                routing_key: args.dead_letter_routing_key.clone(),
+            }),
+        backlog: Levels::new(args.max_priority),
+        args,
+        expiring: BTreeMap::new(),
+        dead_letters: Vec::new(),
+        last_used: Instant::now(),
         unacked: HashMap::new(),
         consumers: Vec::new(),
         cursor: 0,
@@ -124,6 +169,7 @@ pub(super) async fn run(
         if let Some(persist) = state.persist.as_mut() {
             persist.commit();
         }
+        dead_letter::forward(state.vhost.clone(), std::mem::take(&mut state.dead_letters));
     }
     // Whatever is still queued was sent to a queue that no longer exists.
     rx.close();
@@ -134,21 +180,108 @@ pub(super) async fn run(
 
 impl QueueState {
     /// The earliest moment some timed work is due; the task sleeps no later than this.
-    fn next_deadline(&self) -> Option<Instant> {
-        self.rules.deadlines.next_due()
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let mut due_ms = self.expiring.keys().next().map(|&(at, _)| at);
+        for level in 0..self.backlog.count() as u8 {
+            // A level whose memory part ran dry has its next expiry on disk: with a queue
+            // TTL that is the next to expire there, so read it in to know when.
+            let backlog = self.backlog.level(level);
+            if self.args.message_ttl_ms.is_some()
+                && backlog.peek().is_none()
+                && backlog.paged_len() > 0
+            {
+                self.refill(level);
+            }
+            let head = self.backlog.level(level).peek().map(|e| e.expires_at_ms);
+            if let Some(at) = head.filter(|&at| at != 0) {
+                due_ms = Some(due_ms.map_or(at, |d| d.min(at)));
+            }
+        }
+        // Expired means past its expiry millisecond, hence the +1.
+        let mut deadline = due_ms
+            .map(|at| Instant::now() + Duration::from_millis((at + 1).saturating_sub(now_ms())));
+        if let (Some(expires), true) = (self.args.expires_ms, self.consumers.is_empty()) {
+            let unused = self.last_used + Duration::from_millis(expires);
+            deadline = Some(deadline.map_or(unused, |d| d.min(unused)));
+        }
+        let acks = self.rules.deadlines.next_due();
+        deadline.into_iter().chain(acks).min()
     }
 
     /// Does the timed work due at `now`.
     fn on_deadline(&mut self, now: Instant) {
+        self.expire_due(now_ms());
         self.rules
             .deadlines
             .expire(now, |id| self.unacked.get(&id)?.deadline);
+        if let (Some(expires), true) = (self.args.expires_ms, self.consumers.is_empty()) {
+            if now >= self.last_used + Duration::from_millis(expires) {
+                // x-expires: unused for that long, the queue deletes itself.
+                self.terminate();
+            }
+        }
+    }
+
+    /// Removes (and dead-letters) every ready message whose expiry has passed: those in
+    /// the index wherever they are, then each level's expired heads.
+    fn expire_due(&mut self, now_ms: u64) {
+        while let Some((&(at, id), &expiring)) = self.expiring.first_key_value() {
+            if at >= now_ms {
+                break;
+            }
+            self.expiring.remove(&(at, id));
+            let level = self.backlog.level(expiring.level);
+            match level.remove(id, expiring.body_size) {
+                Removed::Memory(entry) => self.discard(entry, Reason::Expired),
+                Removed::Paged => self.discard_paged(expiring.position),
+                Removed::Absent => {}
+            }
+        }
+        for level in 0..self.backlog.count() as u8 {
+            loop {
+                let head = self.backlog.level(level).peek().map(|e| e.expires_at_ms);
+                match head {
+                    Some(at) if at != 0 && at < now_ms => {
+                        if let Some(entry) = self.backlog.level(level).pop() {
+                            self.discard(entry, Reason::Expired);
+                        }
+                    }
+                    // Only paged messages left here: their expiries are on disk. With a
+                    // queue TTL the oldest is the next to expire, so load it to look.
+                    None if self.args.message_ttl_ms.is_some()
+                        && self.backlog.level(level).paged_len() > 0 =>
+                    {
+                        if !self.refill(level) {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// A paged message left before reaching memory: read it to dead-letter it, then ack it.
+    fn discard_paged(&mut self, position: Option<Position>) {
+        let (Some(position), Some(persist)) = (position, self.persist.as_mut()) else {
+            return;
+        };
+        let read = self
+            .dead_letter
+            .is_some()
+            .then(|| persist.read(position))
+            .flatten();
+        persist.ack(position);
+        if let Some((message, _, _)) = read {
+            self.dead_letter(&message, Reason::Expired);
+        }
     }
 
     fn handle_cmd(&mut self, cmd: QueueCmd) {
         match cmd {
             QueueCmd::Publish { message, confirm } => self.publish(message, confirm),
             QueueCmd::Consume { consumer, reply } => {
+                self.last_used = Instant::now();
                 let _ = reply.send(self.add_consumer(consumer));
             }
             QueueCmd::Cancel {
@@ -196,6 +329,8 @@ impl QueueState {
                 let _ = reply.send(self.delete(if_unused, if_empty));
             }
             QueueCmd::Counts { reply } => {
+                // Asked by queue.declare: a redeclare counts as use (x-expires).
+                self.last_used = Instant::now();
                 let _ = reply.send(self.counts());
             }
             QueueCmd::Wake => {}
@@ -228,66 +363,163 @@ impl QueueState {
             position,
             body_size,
             encoded_len,
-            delivered,
+            deliveries,
+            priority,
+            expiry_ms,
             message,
         } = restored;
         self.next_msg_id = id + 1;
+        let level = self.backlog.level_for(priority);
+        let redelivered = deliveries > 0;
+        // With a queue TTL, heads expire in order; otherwise every expiry is a message's
+        // own and must be indexed to be met on time (paged ones included).
+        if expiry_ms != 0 && self.args.message_ttl_ms.is_none() {
+            self.expiring.insert(
+                (expiry_ms, id),
+                Expiring {
+                    level,
+                    position: Some(position),
+                    body_size,
+                },
+            );
+        }
         match message {
-            Some(message) => self.backlog.push(Entry {
+            Some(message) => self.backlog.level(level).push(Entry {
                 id,
                 message: Arc::new(message),
-                redelivered: delivered,
+                redelivered,
                 position: Some(position),
-                delivery_noted: delivered,
+                delivery_noted: redelivered,
+                expires_at_ms: expiry_ms,
+                deliveries,
             }),
-            None => self.backlog.push_paged(PagedEntry {
+            None => self.backlog.level(level).push_paged(PagedEntry {
                 id,
                 position,
-                redelivered: delivered,
-                delivery_noted: delivered,
+                redelivered,
+                delivery_noted: redelivered,
+                deliveries,
                 body_size,
                 encoded_len,
             }),
         }
     }
 
+    /// When a message enqueued now expires (unix ms, 0 = never), and whether that comes
+    /// from its own `expiration` rather than the queue's TTL.
+    fn expiry_of(&self, message: &Message, now_ms: u64) -> (u64, bool) {
+        let queue = self
+            .args
+            .message_ttl_ms
+            .map(|ttl| now_ms.saturating_add(ttl));
+        let own = message.expiration_ms.map(|ttl| now_ms.saturating_add(ttl));
+        match (queue, own) {
+            (_, Some(own)) if queue.is_none_or(|q| own < q) => (own, true),
+            (Some(q), _) => (q, false),
+            (None, _) => (0, false),
+        }
+    }
+
+    /// Whether one more message of `body_size` bytes would pass a length limit.
+    fn would_overflow(&self, body_size: usize) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.backlog.len() as u64 >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| (self.backlog.bytes() + body_size) as u64 > max)
+    }
+
+    fn over_limit(&self) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.backlog.len() as u64 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.backlog.bytes() as u64 > max)
+    }
+
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
+        if self.args.has_length_limit()
+            && self.args.overflow != Overflow::DropHead
+            && self.would_overflow(message.body_size())
+        {
+            // reject-publish(-dlx): the newest message is refused, nacked under confirms.
+            if self.args.overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(&message, Reason::Maxlen);
+            }
+            if let Some(ticket) = confirm {
+                ticket.settle(false);
+            }
+            return;
+        }
         let id = self.next_msg_id;
         self.next_msg_id += 1;
+        let now = now_ms();
+        let (expires_at_ms, own_expiry) = self.expiry_of(&message, now);
+        let level = self.backlog.level_for(message.priority);
         let durable_queue = self
             .storage
             .as_ref()
             .is_some_and(|s| s.durable_dir.is_some());
         let keeps = durable_queue && message.persistent;
-        let page_out = self.backlog.paged_len() > 0 || self.backlog.in_memory() >= self.window;
+        let page_out =
+            self.backlog.level(level).paged_len() > 0 || self.backlog.in_memory() >= self.window;
         let written = match self.log_for(keeps || page_out) {
-            Some(persist) if keeps || page_out => persist.append(id, &message),
+            Some(persist) if keeps || page_out => {
+                persist.append(id, &message, level, expires_at_ms)
+            }
             _ => None,
         };
         let position = written.map(|(position, _)| position);
+        if own_expiry {
+            self.expiring.insert(
+                (expires_at_ms, id),
+                Expiring {
+                    level,
+                    position,
+                    body_size: message.body_size() as u32,
+                },
+            );
+        }
         match written {
-            Some((position, encoded_len)) if page_out => self.backlog.push_paged(PagedEntry {
-                id,
-                position,
-                redelivered: false,
-                delivery_noted: false,
-                body_size: message.body_size() as u32,
-                encoded_len,
-            }),
-            _ => self.backlog.push(Entry {
+            Some((position, encoded_len)) if page_out => {
+                self.backlog.level(level).push_paged(PagedEntry {
+                    id,
+                    position,
+                    redelivered: false,
+                    delivery_noted: false,
+                    deliveries: 0,
+                    body_size: message.body_size() as u32,
+                    encoded_len,
+                })
+            }
+            _ => self.backlog.level(level).push(Entry {
                 id,
                 message,
                 redelivered: false,
                 position,
                 delivery_noted: false,
+                expires_at_ms,
+                deliveries: 0,
             }),
         }
-        let Some(ticket) = confirm else { return };
-        match (keeps, position, self.persist.as_mut()) {
-            // Confirmed means on disk: after this batch's fdatasync.
-            (true, Some(_), Some(persist)) => persist.confirm_after_sync(ticket),
-            (true, _, _) => ticket.settle(false),
-            (false, _, _) => ticket.settle(true),
+        if let Some(ticket) = confirm {
+            match (keeps, position, self.persist.as_mut()) {
+                // Confirmed means on disk: after this batch's fdatasync.
+                (true, Some(_), Some(persist)) => persist.confirm_after_sync(ticket),
+                (true, _, _) => ticket.settle(false),
+                (false, _, _) => ticket.settle(true),
+            }
+        }
+        // drop-head: the oldest messages make room (dead-lettered as maxlen).
+        while self.over_limit() {
+            let Some(entry) = self.take_oldest() else {
+                break;
+            };
+            self.discard(entry, Reason::Maxlen);
         }
     }
 
@@ -311,65 +543,106 @@ impl QueueState {
         self.persist.as_mut()
     }
 
-    /// The next ready message, loading the window back from disk when memory ran dry.
+    /// The next message to deliver (highest priority first), loading from disk when
+    /// memory ran dry and dead-lettering expired ones on the way.
     fn next_ready(&mut self) -> Option<Entry> {
+        let now = now_ms();
         loop {
-            if let Some(entry) = self.backlog.pop() {
-                return Some(entry);
+            let level = self.backlog.highest()?;
+            let entry = self.take_from(level)?;
+            if entry.expires_at_ms != 0 && entry.expires_at_ms < now {
+                self.discard(entry, Reason::Expired);
+                continue;
             }
-            if self.backlog.paged_len() == 0 {
-                return None;
-            }
-            self.refill();
+            return Some(entry);
         }
     }
 
-    /// Reads paged messages back into memory, oldest first, up to the window.
-    fn refill(&mut self) {
+    /// The oldest message of the lowest priority: what a length limit drops first.
+    fn take_oldest(&mut self) -> Option<Entry> {
+        let level = self.backlog.lowest()?;
+        self.take_from(level)
+    }
+
+    /// The head of one level, read back from disk if it is paged.
+    fn take_from(&mut self, level: u8) -> Option<Entry> {
+        loop {
+            if let Some(entry) = self.backlog.level(level).pop() {
+                return Some(entry);
+            }
+            if self.backlog.level(level).paged_len() == 0 || !self.refill(level) {
+                return None;
+            }
+        }
+    }
+
+    /// Reads a level's paged messages back into memory, oldest first: at least one, then
+    /// up to the window. Returns whether anything changed.
+    fn refill(&mut self, level: u8) -> bool {
         let Some(persist) = self.persist.as_mut() else {
-            return;
+            return false;
         };
-        while self.backlog.in_memory() < self.window {
-            let Some(paged) = self.backlog.front_paged() else {
+        let mut progressed = false;
+        loop {
+            if progressed && self.backlog.in_memory() >= self.window {
+                break;
+            }
+            let backlog = self.backlog.level(level);
+            let Some(paged) = backlog.front_paged() else {
                 break;
             };
+            progressed = true;
+            if backlog.front_paged_removed() {
+                // Expired while paged (acked then): step over its record.
+                match persist.record_len(paged.position) {
+                    Some(len) => backlog.skip_paged(len),
+                    None => drop_unreadable(backlog, &self.handle.name),
+                }
+                continue;
+            }
             match persist.read(paged.position) {
-                Some((message, encoded_len)) => {
-                    self.backlog
-                        .advance_paged(encoded_len, message.body_size() as u32);
-                    self.backlog.push(Entry {
+                Some((message, encoded_len, expires_at_ms)) => {
+                    backlog.advance_paged(encoded_len, message.body_size() as u32);
+                    backlog.push(Entry {
                         id: paged.id,
                         message: Arc::new(message),
                         redelivered: paged.redelivered,
                         position: Some(paged.position),
                         delivery_noted: paged.delivery_noted,
+                        expires_at_ms,
+                        deliveries: paged.deliveries,
                     });
                 }
-                // Unreadable (logged): without its length the rest of the run cannot be
-                // found either; drop it rather than block the queue forever.
-                None => {
-                    if let Some(run) = self.backlog.drop_paged_run() {
-                        tracing::error!(messages = run.count, queue = %self.handle.name, "dropped unreadable paged messages");
-                    }
-                }
+                None => drop_unreadable(backlog, &self.handle.name),
             }
         }
+        progressed
     }
 
     /// Drops every ready message (purge); returns how many there were.
     fn drop_ready(&mut self) -> usize {
-        let (entries, runs) = self.backlog.take_all();
-        let count = entries.len() + runs.iter().map(|r| r.count as usize).sum::<usize>();
-        for entry in &entries {
-            self.forget_on_disk(entry);
-        }
-        if let Some(persist) = self.persist.as_mut() {
+        let mut count = 0;
+        for level in 0..self.backlog.count() as u8 {
+            let (entries, runs, removed) = self.backlog.level(level).take_all();
+            count += entries.len();
+            for entry in &entries {
+                self.forget_on_disk(entry);
+            }
+            let Some(persist) = self.persist.as_mut() else {
+                continue;
+            };
             for run in runs {
-                let position = ferrymq_store::Position {
+                let position = Position {
                     segment: run.segment,
                     offset: run.offset,
                 };
-                persist.ack_run(position, run.count);
+                let left = (run.first_id..run.first_id + run.count)
+                    .filter(|id| removed.contains(id))
+                    .count();
+                count += run.count as usize - left;
+                persist.ack_run(position, run.count, |index| {
+                    removed.contains(&(run.first_id + index))
+                });
             }
         }
         count
@@ -382,17 +655,63 @@ impl QueueState {
         }
     }
 
+    /// Removes a message for good for `reason`, dead-lettering it when the queue has a
+    /// dead-letter exchange.
+    fn discard(&mut self, entry: Entry, reason: Reason) {
+        self.forget_on_disk(&entry);
+        self.dead_letter(&entry.message, reason);
+    }
+
+    fn dead_letter(&mut self, message: &Message, reason: Reason) {
+        if let Some(target) = &self.dead_letter {
+            let now_secs = now_ms() / 1000;
+            self.dead_letters.push(dead_letter::dead_lettered(
+                message,
+                reason,
+                &self.handle.name,
+                target,
+                now_secs,
+            ));
+        }
+    }
+
     /// Before a message goes out: a no-ack delivery is done with; otherwise note on disk
-    /// that it was delivered, so that after a restart it comes back as redelivered.
+    /// that it was delivered, so that after a restart it comes back as redelivered (and,
+    /// under a delivery limit, note every delivery: they are counted after a restart).
     fn note_delivery(&mut self, entry: &mut Entry, settled: bool) {
         if settled {
             self.forget_on_disk(entry);
-        } else if !entry.delivery_noted && entry.message.persistent {
+        } else if (!entry.delivery_noted || self.args.delivery_limit.is_some())
+            && entry.message.persistent
+        {
             if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
                 persist.mark_delivered(position);
                 entry.delivery_noted = true;
             }
         }
+    }
+
+    /// The message as this delivery carries it: under a delivery limit, a redelivery has
+    /// an `x-delivery-count` header with the returns so far (as RabbitMQ's quorum queues).
+    fn outgoing(&self, entry: &Entry) -> Arc<Message> {
+        if self.args.delivery_limit.is_none() || entry.deliveries == 0 {
+            return Arc::clone(&entry.message);
+        }
+        let message = &entry.message;
+        let mut properties = message.properties.decode().unwrap_or_default();
+        properties
+            .headers
+            .get_or_insert_with(Default::default)
+            .insert(
+                "x-delivery-count",
+                FieldValue::I64(i64::from(entry.deliveries)),
+            );
+        Arc::new(Message::new(
+            message.exchange.clone(),
+            message.routing_key.clone(),
+            properties.encode(),
+            message.body.clone(),
+        ))
     }
 
     fn counts(&self) -> QueueCounts {
@@ -406,8 +725,10 @@ impl QueueState {
         let (name, vhost) = (&self.handle.name, &self.handle.vhost);
         // Arguments are checked before exclusivity, as RabbitMQ checks them in the channel.
         let priority = consumer_args::priority(&spec.arguments, name, vhost)?;
-        // The queue's arguments never change, so reading them here is reading them once.
-        self.rules.single_active = consumer_args::single_active_consumer(&self.handle.arguments);
+        // Declared arguments only: RabbitMQ refuses to let a policy switch SAC on or off.
+        // They never change, so reading them here is reading them once.
+        self.rules.single_active =
+            consumer_args::single_active_consumer(&self.handle.config.arguments);
         // An exclusive consumer on a single-active-consumer queue is refused even alone.
         if self.consumers.iter().any(|c| c.spec.exclusive)
             || (spec.exclusive && (self.rules.single_active || !self.consumers.is_empty()))
@@ -436,6 +757,10 @@ impl QueueState {
         if self.cursor >= self.consumers.len() {
             self.cursor = 0;
         }
+        if self.consumers.is_empty() {
+            // x-expires counts unused time from the last consumer's departure.
+            self.last_used = Instant::now();
+        }
         if self.handle.config.auto_delete && self.had_consumers && self.consumers.is_empty() {
             self.terminate();
         }
@@ -456,12 +781,39 @@ impl QueueState {
                 continue;
             }
             self.release_consumer_credit(held.consumer);
-            if action == SettleAction::Requeue {
-                self.backlog.requeue(held.entry);
-            } else {
-                self.forget_on_disk(&held.entry);
+            match action {
+                SettleAction::Requeue => self.requeue(held.entry),
+                SettleAction::Discard => self.discard(held.entry, Reason::Rejected),
+                SettleAction::Ack => self.forget_on_disk(&held.entry),
             }
         }
+    }
+
+    /// Puts a returned message back in its place, unless it has used up its delivery limit.
+    fn requeue(&mut self, mut entry: Entry) {
+        entry.deliveries = entry.deliveries.saturating_add(1);
+        if self
+            .args
+            .delivery_limit
+            .is_some_and(|limit| u64::from(entry.deliveries) > limit)
+        {
+            self.discard(entry, Reason::DeliveryLimit);
+            return;
+        }
+        let level = self.backlog.level_for(entry.message.priority);
+        if entry.expires_at_ms != 0 {
+            // Its index entry may have been dropped while it was out, and requeued entries
+            // wait in id order, not expiry order. (Bounded by prefetch: they were out.)
+            self.expiring.insert(
+                (entry.expires_at_ms, entry.id),
+                Expiring {
+                    level,
+                    position: entry.position,
+                    body_size: entry.message.body_size() as u32,
+                },
+            );
+        }
+        self.backlog.level(level).requeue(entry);
     }
 
     fn release_consumer_credit(&mut self, consumer: Option<u64>) {
@@ -490,12 +842,13 @@ impl QueueState {
         no_ack: bool,
         ack_timeout: Option<AckTimeout>,
     ) -> Option<GetOk> {
+        self.last_used = Instant::now();
         let mut entry = self.next_ready()?;
         self.note_delivery(&mut entry, no_ack);
         let ok = GetOk {
             msg_id: entry.id,
             redelivered: entry.redelivered,
-            message: Arc::clone(&entry.message),
+            message: self.outgoing(&entry),
             message_count: self.backlog.len() as u32,
         };
         if !no_ack {
@@ -557,7 +910,8 @@ impl QueueState {
                 consumer_tag: tag,
             });
         }
-        self.backlog.take_all();
+        self.backlog = Levels::new(0);
+        self.expiring.clear();
         self.unacked.clear();
         // The whole log goes, so nothing needs acking first.
         if let Some(persist) = self.persist.take() {
@@ -578,6 +932,7 @@ impl QueueState {
             };
             let no_ack = self.consumers[index].spec.no_ack;
             self.note_delivery(&mut entry, no_ack);
+            let message = self.outgoing(&entry);
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
             spec.client.deliver(Delivery {
@@ -588,7 +943,7 @@ impl QueueState {
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
                 no_ack: spec.no_ack,
-                message: Arc::clone(&entry.message),
+                message,
             });
             if !spec.no_ack {
                 consumer.unacked += 1;
@@ -626,4 +981,19 @@ fn track_ack(
 ) -> Option<Instant> {
     let live = unacked.len();
     Some(deadlines.track(msg_id, timeout?, live, |id| unacked.get(&id)?.deadline))
+}
+
+/// Now as unix milliseconds: expiries are wall-clock times so they survive restarts.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unreadable records (logged): without a length the rest of the run cannot be found
+/// either; drop it rather than block the queue forever.
+fn drop_unreadable(backlog: &mut super::backlog::Backlog, queue: &str) {
+    if let Some(run) = backlog.drop_paged_run() {
+        tracing::error!(messages = run.count, queue = %queue, "dropped unreadable paged messages");
+    }
 }

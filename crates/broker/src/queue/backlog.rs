@@ -4,9 +4,14 @@
 //! are the queue's FIFO order. A requeued message (nack, reject, channel closed) goes back
 //! to its *original* position, as RabbitMQ's classic queues do: requeued entries wait in a
 //! map ordered by id, and the next message is whichever of the two heads is older.
-//! Storage (paging to disk) will replace the in-memory deque behind this same interface.
+//!
+//! A message can also leave from the middle (its TTL ran out before it reached the head):
+//! a requeued one is taken out of its map, a fresh or paged one is marked removed and
+//! skipped when the head reaches it, so no deque is ever shifted.
+//!
+//! A priority queue has one backlog per priority level (see [`super::priority`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ferrymq_store::Position;
@@ -23,6 +28,10 @@ pub struct Entry {
     pub position: Option<Position>,
     /// Its delivery has been noted on disk (so a restart redelivers it flagged).
     pub delivery_noted: bool,
+    /// When it expires, in unix milliseconds (0: never).
+    pub expires_at_ms: u64,
+    /// Times it came back to the queue after a delivery (the x-delivery-count header).
+    pub deliveries: u32,
 }
 
 /// A ready message whose body is only on disk: what the queue pages out, and what it
@@ -33,6 +42,7 @@ pub struct PagedEntry {
     pub position: Position,
     pub redelivered: bool,
     pub delivery_noted: bool,
+    pub deliveries: u32,
     pub body_size: u32,
     /// The record's length on disk: the next record of a run starts right after it.
     pub encoded_len: u32,
@@ -52,6 +62,7 @@ pub struct PagedRun {
     pub end_offset: u32,
     pub redelivered: bool,
     pub delivery_noted: bool,
+    pub deliveries: u32,
 }
 
 impl PagedRun {
@@ -61,6 +72,11 @@ impl PagedRun {
             && self.first_id + self.count == paged.id
             && self.redelivered == paged.redelivered
             && self.delivery_noted == paged.delivery_noted
+            && self.deliveries == paged.deliveries
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        (self.first_id..self.first_id + self.count).contains(&id)
     }
 }
 
@@ -74,7 +90,20 @@ pub struct Backlog {
     /// Messages in `paged`.
     paged_count: usize,
     requeued: BTreeMap<u64, Entry>,
+    /// Ids still in `fresh` or `paged` that left out of order: skipped when reached.
+    removed: HashSet<u64>,
     bytes: usize,
+}
+
+/// What [`Backlog::remove`] found.
+#[derive(Debug)]
+pub enum Removed {
+    /// In memory: the entry (a copy for a fresh one, which stays behind as a tombstone).
+    Memory(Entry),
+    /// Paged: only on disk, which the caller reads if it needs the message.
+    Paged,
+    /// Not ready here (delivered, already gone, or never was).
+    Absent,
 }
 
 impl Backlog {
@@ -122,6 +151,7 @@ impl Backlog {
             end_offset: paged.position.offset + paged.encoded_len,
             redelivered: paged.redelivered,
             delivery_noted: paged.delivery_noted,
+            deliveries: paged.deliveries,
         });
     }
 
@@ -132,15 +162,80 @@ impl Backlog {
     }
 
     /// The next message held in memory. `None` with [`Backlog::paged_len`] > 0 means the
-    /// next one must first be loaded from disk ([`Backlog::pop_paged`], then `push`).
+    /// next one must first be loaded from disk ([`Backlog::front_paged`], then `push`).
     pub fn pop(&mut self) -> Option<Entry> {
-        let entry = if self.requeued_is_older() {
-            self.requeued.pop_first().map(|(_, entry)| entry)
+        loop {
+            let entry = if self.requeued_is_older() {
+                self.requeued.pop_first().map(|(_, entry)| entry)
+            } else {
+                self.fresh.pop_front()
+            }?;
+            if self.removed.remove(&entry.id) {
+                continue;
+            }
+            self.bytes -= entry.message.body_size();
+            return Some(entry);
+        }
+    }
+
+    /// The message [`Backlog::pop`] would return, if it is in memory.
+    pub fn peek(&mut self) -> Option<&Entry> {
+        // Tombstones at the head are dropped first so the answer is a live message.
+        while let Some(front) = self.fresh.front() {
+            if !self.removed.remove(&front.id) {
+                break;
+            }
+            self.fresh.pop_front();
+        }
+        if self.requeued_is_older() {
+            self.requeued.first_key_value().map(|(_, entry)| entry)
         } else {
-            self.fresh.pop_front()
-        }?;
-        self.bytes -= entry.message.body_size();
-        Some(entry)
+            self.fresh.front()
+        }
+    }
+
+    /// Takes message `id` out of the middle of the backlog. `body_size` is what a paged
+    /// message counted for in [`Backlog::bytes`].
+    pub fn remove(&mut self, id: u64, body_size: u32) -> Removed {
+        if self.removed.contains(&id) {
+            return Removed::Absent;
+        }
+        if let Some(entry) = self.requeued.remove(&id) {
+            self.bytes -= entry.message.body_size();
+            return Removed::Memory(entry);
+        }
+        if let Ok(at) = self.fresh.binary_search_by_key(&id, |e| e.id) {
+            let entry = self.fresh[at].clone();
+            self.bytes -= entry.message.body_size();
+            self.removed.insert(id);
+            return Removed::Memory(entry);
+        }
+        let run = self
+            .paged
+            .partition_point(|run| run.first_id + run.count <= id);
+        if self.paged.get(run).is_some_and(|run| run.contains(id)) {
+            self.bytes -= body_size as usize;
+            self.removed.insert(id);
+            return Removed::Paged;
+        }
+        Removed::Absent
+    }
+
+    /// Whether the oldest paged message was removed already (see [`Backlog::skip_paged`]).
+    pub fn front_paged_removed(&self) -> bool {
+        self.paged
+            .front()
+            .is_some_and(|run| self.removed.contains(&run.first_id))
+    }
+
+    /// Steps over the oldest paged message, removed earlier, whose record is `encoded_len`
+    /// bytes long.
+    pub fn skip_paged(&mut self, encoded_len: u32) {
+        if let Some(run) = self.paged.front() {
+            self.removed.remove(&run.first_id);
+            // advance_paged subtracts the body size, which removal already did.
+            self.advance_paged(encoded_len, 0);
+        }
     }
 
     /// The oldest paged message: id, where it is, and its flags (`body_size` and
@@ -155,6 +250,7 @@ impl Backlog {
             },
             redelivered: run.redelivered,
             delivery_noted: run.delivery_noted,
+            deliveries: run.deliveries,
             body_size: 0,
             encoded_len: 0,
         })
@@ -179,6 +275,8 @@ impl Backlog {
     pub fn drop_paged_run(&mut self) -> Option<PagedRun> {
         let run = self.paged.pop_front()?;
         self.paged_count -= run.count as usize;
+        // Removed ones leave `len` with their run, not a second time through `removed`.
+        self.removed.retain(|id| !run.contains(*id));
         Some(run)
     }
 
@@ -193,14 +291,14 @@ impl Backlog {
     }
 
     pub fn len(&self) -> usize {
-        self.fresh.len() + self.requeued.len() + self.paged_count
+        self.fresh.len() + self.requeued.len() + self.paged_count - self.removed.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Messages held in memory (fresh and requeued).
+    /// Messages held in memory (fresh and requeued, tombstones included: they hold memory).
     pub fn in_memory(&self) -> usize {
         self.fresh.len() + self.requeued.len()
     }
@@ -209,20 +307,25 @@ impl Backlog {
         self.paged_count
     }
 
-    /// Body bytes of the ready messages; kept for the x-max-length-bytes limit.
-    #[allow(dead_code)]
+    /// Body bytes of the ready messages (the x-max-length-bytes limit).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Removes every ready message and returns them (purge, delete).
-    pub fn take_all(&mut self) -> (Vec<Entry>, Vec<PagedRun>) {
-        let mut all: Vec<Entry> = self.fresh.drain(..).collect();
+    /// Removes every ready message and returns them (purge, delete), with the ids inside
+    /// the paged runs that left earlier (their records are acked already).
+    pub fn take_all(&mut self) -> (Vec<Entry>, Vec<PagedRun>, HashSet<u64>) {
+        let removed = std::mem::take(&mut self.removed);
+        let mut all: Vec<Entry> = self
+            .fresh
+            .drain(..)
+            .filter(|e| !removed.contains(&e.id))
+            .collect();
         all.extend(std::mem::take(&mut self.requeued).into_values());
         let paged = self.paged.drain(..).collect();
         self.paged_count = 0;
         self.bytes = 0;
-        (all, paged)
+        (all, paged, removed)
     }
 }
 
@@ -245,6 +348,8 @@ mod tests {
             redelivered: false,
             position: None,
             delivery_noted: false,
+            expires_at_ms: 0,
+            deliveries: 0,
         }
     }
 
@@ -273,6 +378,7 @@ mod tests {
             position: Position { segment: 1, offset },
             redelivered: false,
             delivery_noted: false,
+            deliveries: 0,
             body_size: 10,
             encoded_len: 40,
         }
@@ -295,6 +401,31 @@ mod tests {
         let head = backlog.front_paged().unwrap();
         assert_eq!((head.id, head.position.offset), (1, 40));
         assert_eq!(backlog.paged_len(), 1000);
+    }
+
+    #[test]
+    fn removal_from_the_middle_is_skipped_at_the_head() {
+        let mut backlog = Backlog::default();
+        for id in 0..4 {
+            backlog.push(entry(id));
+        }
+        for id in 4..8 {
+            backlog.push_paged(paged(id, (id as u32 - 4) * 40));
+        }
+        assert!(matches!(backlog.remove(2, 0), Removed::Memory(e) if e.id == 2));
+        assert!(matches!(backlog.remove(2, 0), Removed::Absent));
+        assert!(matches!(backlog.remove(4, 10), Removed::Paged));
+        assert!(matches!(backlog.remove(9, 10), Removed::Absent));
+        assert_eq!(backlog.len(), 6);
+        assert_eq!(backlog.bytes(), 3 * 3 + 3 * 10);
+        let popped: Vec<u64> = std::iter::from_fn(|| backlog.pop()).map(|e| e.id).collect();
+        assert_eq!(popped, vec![0, 1, 3]);
+        assert!(backlog.front_paged_removed());
+        backlog.skip_paged(40);
+        assert!(!backlog.front_paged_removed());
+        assert_eq!(backlog.front_paged().unwrap().id, 5);
+        assert_eq!(backlog.len(), 3);
+        assert_eq!(backlog.bytes(), 30);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! | argument | where | type | invalid type |
 //! |---|---|---|---|
 //! | `x-priority` | basic.consume | any integer, may be negative (default 0) | 406 |
-//! | `x-single-active-consumer` | queue.declare | bool | 406 |
+//! | `x-single-active-consumer` | queue.declare | bool | 406 (checked with the other queue arguments, `arguments.rs`) |
 //! | `x-consumer-timeout` | basic.consume, queue.declare | integer ms | ignored (RabbitMQ does not check it) |
 
 use std::time::Duration;
@@ -12,34 +12,11 @@ use std::time::Duration;
 use ferrymq_wire::{FieldTable, FieldValue};
 
 use crate::error::{BrokerError, Result};
+use crate::exchange::field_type_name;
 
 pub const PRIORITY: &str = "x-priority";
 pub const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
 pub const CONSUMER_TIMEOUT: &str = "x-consumer-timeout";
-
-/// The name RabbitMQ gives a field value's type (`rabbit_binary_parser`), as it appears in
-/// its error texts: `{unacceptable_type,longstr}`.
-pub fn rabbit_type_name(value: &FieldValue) -> &'static str {
-    match value {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal { .. } => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Bytes(_) => "binary",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-    }
-}
 
 /// RabbitMQ's "invalid arg" channel error (406).
 fn invalid_arg(key: &str, queue: &str, vhost: &str, error: &str) -> BrokerError {
@@ -54,21 +31,9 @@ pub fn priority(arguments: &FieldTable, queue: &str, vhost: &str) -> Result<i64>
     match arguments.get(PRIORITY) {
         None => Ok(0),
         Some(value) => value.as_i64().ok_or_else(|| {
-            let error = format!("\"expected integer, got {}\"", rabbit_type_name(value));
+            let error = format!("\"expected integer, got {}\"", field_type_name(value));
             invalid_arg(PRIORITY, queue, vhost, &error)
         }),
-    }
-}
-
-/// Checks the declare arguments of the consumer features (only on creation, as RabbitMQ
-/// validates a queue's arguments when it creates it and compares them on redeclare).
-pub fn check_declare(arguments: &FieldTable, queue: &str, vhost: &str) -> Result<()> {
-    match arguments.get(SINGLE_ACTIVE_CONSUMER) {
-        None | Some(FieldValue::Bool(_)) => Ok(()),
-        Some(other) => {
-            let error = format!("{{unacceptable_type,{}}}", rabbit_type_name(other));
-            Err(invalid_arg(SINGLE_ACTIVE_CONSUMER, queue, vhost, &error))
-        }
     }
 }
 
@@ -133,22 +98,6 @@ mod tests {
         assert_eq!(
             error.text,
             "invalid arg 'x-priority' for queue 'q' in vhost '/': \"expected integer, got longstr\""
-        );
-    }
-
-    #[test]
-    fn single_active_consumer_must_be_a_bool() {
-        assert!(check_declare(
-            &table(SINGLE_ACTIVE_CONSUMER, FieldValue::Bool(true)),
-            "q",
-            "/"
-        )
-        .is_ok());
-        let error = check_declare(&table(SINGLE_ACTIVE_CONSUMER, FieldValue::I32(1)), "q", "/")
-            .unwrap_err();
-        assert_eq!(
-            error.text,
-            "invalid arg 'x-single-active-consumer' for queue 'q' in vhost '/': {unacceptable_type,signedint}"
         );
     }
 

@@ -7,12 +7,15 @@
 //! through their credit windows (see [`crate::client`]), so no cycle of waits can form.
 
 mod actor;
+pub mod arguments;
 mod backlog;
 mod command;
 mod consumer;
 pub mod consumer_args;
 mod consumer_timeout;
+pub mod dead_letter;
 mod persist;
+mod priority;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

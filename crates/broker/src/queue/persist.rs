@@ -49,8 +49,11 @@ pub(super) struct Restored {
     pub position: Position,
     pub body_size: u32,
     pub encoded_len: u32,
-    /// Delivered before the restart: it comes back redelivered.
-    pub delivered: bool,
+    /// Deliveries noted before the restart: it comes back redelivered, and each counts
+    /// towards a delivery limit.
+    pub deliveries: u32,
+    pub priority: u8,
+    pub expiry_ms: u64,
     /// Present for the oldest messages (up to the window); the rest stay on disk.
     pub message: Option<Message>,
 }
@@ -106,7 +109,13 @@ impl Persistence {
 
     /// Appends a message; returns where and how long its record is, or `None` if the write
     /// failed (logged).
-    pub fn append(&mut self, id: u64, message: &Message) -> Option<(Position, u32)> {
+    pub fn append(
+        &mut self,
+        id: u64,
+        message: &Message,
+        priority: u8,
+        expiry_ms: u64,
+    ) -> Option<(Position, u32)> {
         let kind = if self.keeps(message) {
             RecordKind::Persistent
         } else {
@@ -114,9 +123,9 @@ impl Persistence {
         };
         let record = Record {
             kind,
-            priority: 0,
+            priority,
             seq: id,
-            expiry_ms: 0,
+            expiry_ms,
             exchange: message.exchange.clone().into_bytes(),
             routing_key: message.routing_key.clone().into_bytes(),
             properties: message.properties.clone().into_bytes(),
@@ -131,13 +140,13 @@ impl Persistence {
         }
     }
 
-    /// Reads a paged-out message back.
-    /// Reads a paged-out message back, with its record's length.
-    pub fn read(&mut self, position: Position) -> Option<(Message, u32)> {
+    /// Reads a paged-out message back, with its record's length and expiry.
+    pub fn read(&mut self, position: Position) -> Option<(Message, u32, u64)> {
         match self.log.read(position) {
             Ok(record) => {
                 let len = record.encoded_len() as u32;
-                message_from(record).map(|m| (m, len))
+                let expiry_ms = record.expiry_ms;
+                message_from(record).map(|m| (m, len, expiry_ms))
             }
             Err(e) => {
                 tracing::error!(error = %e, ?position, "reading a paged message failed; it is lost");
@@ -157,12 +166,31 @@ impl Persistence {
         }
     }
 
-    /// Acks every record of a run of `count` records starting at `position` (purge).
-    pub fn ack_run(&mut self, mut position: Position, count: u64) {
-        for _ in 0..count {
+    /// The length of the record at `position` (to step over it).
+    pub fn record_len(&mut self, position: Position) -> Option<u32> {
+        match self.log.record_len(position) {
+            Ok(len) => Some(len),
+            Err(e) => {
+                tracing::error!(error = %e, ?position, "reading a record's length failed");
+                None
+            }
+        }
+    }
+
+    /// Acks every record of a run of `count` records starting at `position` (purge),
+    /// except those `acked_already` says left earlier.
+    pub fn ack_run(
+        &mut self,
+        mut position: Position,
+        count: u64,
+        acked_already: impl Fn(u64) -> bool,
+    ) {
+        for index in 0..count {
             match self.log.record_len(position) {
                 Ok(len) => {
-                    self.ack(position);
+                    if !acked_already(index) {
+                        self.ack(position);
+                    }
                     position.offset += len;
                 }
                 Err(e) => {
@@ -232,15 +260,18 @@ fn restored(recovered: RecoveredMessage) -> Restored {
         body_size,
         encoded_len,
         deliveries,
+        priority,
+        expiry_ms,
         record,
-        ..
     } = recovered;
     Restored {
         id: seq,
         position,
         body_size,
         encoded_len,
-        delivered: deliveries > 0,
+        deliveries,
+        priority,
+        expiry_ms,
         message: record.and_then(|r| message_from(*r)),
     }
 }

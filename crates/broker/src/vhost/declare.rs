@@ -155,6 +155,7 @@ impl VHost {
         } else {
             check_name("queue", name).map(|()| name.clone())?
         };
+        crate::queue::arguments::QueueArgs::validate(&config.arguments, &name, &self.name)?;
         let existing = {
             let _defs = self.definitions.lock();
             match self.queue(&name) {
@@ -164,11 +165,6 @@ impl VHost {
                         .this
                         .upgrade()
                         .ok_or_else(|| BrokerError::internal("vhost is shutting down"))?;
-                    crate::queue::consumer_args::check_declare(
-                        &config.arguments,
-                        &name,
-                        &self.name,
-                    )?;
                     if config.durable {
                         self.record(|vhost| Definition::Queue {
                             vhost,
