@@ -20,9 +20,9 @@ use tokio::time::timeout;
 /// How long we wait to be confident that a delivery which must not come does not come.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// Longer than one ack-timeout check interval plus the shortest timeouts used here: a
-/// channel that should not be closed for a timeout would have been closed by then.
-const PAST_CHECKS: Duration = Duration::from_millis(1_600);
+/// Longer than one ack-timeout check interval (1 s) plus the longest timeout a test waits
+/// out (1 s): a channel wrongly closed for a timeout would be closed by then.
+const PAST_CHECKS: Duration = Duration::from_millis(2_200);
 
 async fn channel(conn: &Connection) -> Channel {
     within(conn.create_channel()).await.expect("channel.open")
@@ -481,12 +481,14 @@ async fn an_unacked_delivery_past_the_timeout_closes_the_channel_and_is_requeued
     publish_numbered(&ch, "q", 0..1).await;
     assert_eq!(body(&slow.next().await), "m0");
     let other_ch = channel(&conn).await;
-    let mut other = Deliveries::start(&other_ch, "q", "other", FieldTable::default()).await;
+    // Its own long timeout keeps a loaded test machine from timing it out too.
+    let patient = table(&[("x-consumer-timeout", AMQPValue::LongInt(60_000))]);
+    let mut other = Deliveries::start(&other_ch, "q", "other", patient).await;
     let error = slow.closed_with().await;
     assert_eq!(reply_code(&error), Some(406), "{error:?}");
     assert_eq!(reply_text(&error), Some(timeout_text(slow_ch.id(), 300)));
     // Only the slow channel closed; the message went back and on to the other consumer,
-    // which acks in time and keeps its channel.
+    // which keeps its channel.
     let again = other.next().await;
     assert_eq!(body(&again), "m0");
     assert!(again.redelivered);
@@ -514,7 +516,9 @@ async fn without_a_timeout_setting_unacked_deliveries_are_kept_indefinitely() {
 
 #[tokio::test]
 async fn deliveries_acked_in_time_do_not_close_the_channel() {
-    let broker = TestBroker::start_with(|config| config.consumer_timeout_ms = 400).await;
+    // Long enough for 20 acks on a loaded machine, short enough to fire within PAST_CHECKS
+    // if settled deliveries were still timed.
+    let broker = TestBroker::start_with(|config| config.consumer_timeout_ms = 1_000).await;
     let conn = common::lapin(&broker).await;
     let ch = channel(&conn).await;
     declare(&ch, "q").await;

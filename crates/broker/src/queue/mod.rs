@@ -29,7 +29,7 @@ use crate::message::Message;
 use crate::vhost::VHost;
 
 pub use command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
-pub use consumer_timeout::{AckTimeout, ACK_TIMEOUT_CHECK_INTERVAL_MS};
+pub use consumer_timeout::AckTimeout;
 pub use persist::QueueStorage;
 
 /// Commands a queue's mailbox holds before publishers must wait.
