@@ -65,15 +65,13 @@ impl Session {
         );
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
-        let ack_timeout = (!m.no_ack)
-            .then(|| {
-                consumer_args::ack_timeout(
-                    Some(&m.arguments),
-                    &queue.arguments,
-                    self.server.config.consumer_timeout_ms,
-                )
-            })
-            .flatten();
+        // No-ack deliveries are settled on sending: nothing to time.
+        let default_ms = self.server.config.consumer_timeout_ms;
+        let ack_timeout = if m.no_ack {
+            None
+        } else {
+            consumer_args::ack_timeout(Some(&m.arguments), &queue.arguments, default_ms)
+        };
         let spec = ConsumerSpec {
             tag: tag.clone(),
             client: Arc::clone(&self.client),
@@ -328,18 +326,18 @@ impl Session {
         let queue = self.vhost.queue_or_404(&name).map_err(fail)?;
         queue.check_access(self.client.id).map_err(fail)?;
         // RabbitMQ times out basic.get deliveries too (the channel watches every unacked one).
-        let ack_timeout = (!m.no_ack)
-            .then(|| {
-                let default_ms = self.server.config.consumer_timeout_ms;
-                consumer_args::ack_timeout(None, &queue.arguments, default_ms)
-            })
-            .flatten()
-            .map(|after| AckTimeout {
-                client: Arc::clone(&self.client),
-                channel: id,
-                epoch: self.channel(id).epoch,
-                after,
-            });
+        let default_ms = self.server.config.consumer_timeout_ms;
+        let after = if m.no_ack {
+            None
+        } else {
+            consumer_args::ack_timeout(None, &queue.arguments, default_ms)
+        };
+        let ack_timeout = after.map(|after| AckTimeout {
+            client: Arc::clone(&self.client),
+            channel: id,
+            epoch: self.channel(id).epoch,
+            after,
+        });
         let got = queue.get(&self.client, id, m.no_ack, ack_timeout);
         let Some(got) = got.await.map_err(fail)? else {
             self.outbox
