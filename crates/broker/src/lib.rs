@@ -6,6 +6,7 @@
 //! - [`broker`]: the root object: vhosts and users.
 //! - [`vhost`]: one namespace: declare/delete, bindings, routing of a publish to queues.
 //! - [`direct_reply`]: `amq.rabbitmq.reply-to`, replies routed straight to a requesting channel.
+//! - [`dedup`]: message deduplication (exchange type and queue argument of the plugin).
 //! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod dedup;
 pub mod definitions;
 pub mod direct_reply;
 pub mod error;

@@ -26,6 +26,9 @@ pub enum ExchangeType {
     Fanout,
     Topic,
     Headers,
+    /// `x-message-deduplication` (the rabbitmq-message-deduplication plugin): fanout
+    /// routing behind a cache of the keys already seen (see [`crate::dedup`]).
+    Deduplication,
 }
 
 impl ExchangeType {
@@ -36,6 +39,7 @@ impl ExchangeType {
             "fanout" => Ok(ExchangeType::Fanout),
             "topic" => Ok(ExchangeType::Topic),
             "headers" => Ok(ExchangeType::Headers),
+            crate::dedup::EXCHANGE_TYPE => Ok(ExchangeType::Deduplication),
             other => Err(BrokerError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -48,6 +52,7 @@ impl ExchangeType {
             ExchangeType::Fanout => "fanout",
             ExchangeType::Topic => "topic",
             ExchangeType::Headers => "headers",
+            ExchangeType::Deduplication => crate::dedup::EXCHANGE_TYPE,
         }
     }
 }
@@ -104,7 +109,9 @@ impl Routes {
     fn new(kind: ExchangeType) -> Self {
         match kind {
             ExchangeType::Direct => Routes::Direct(Default::default()),
-            ExchangeType::Fanout => Routes::Fanout(Default::default()),
+            ExchangeType::Fanout | ExchangeType::Deduplication => {
+                Routes::Fanout(Default::default())
+            }
             ExchangeType::Topic => Routes::Topic(Default::default()),
             ExchangeType::Headers => Routes::Headers(Default::default()),
         }
@@ -163,6 +170,8 @@ pub struct Exchange {
     pub alternate: Option<ShortStr>,
     routes: RwLock<Routes>,
     deleted: AtomicBool,
+    /// The cache of a deduplication exchange.
+    pub dedup: Option<Arc<crate::dedup::ExchangeDedup>>,
 }
 
 impl Exchange {
@@ -178,7 +187,14 @@ impl Exchange {
             config,
             alternate,
             deleted: AtomicBool::new(false),
+            dedup: None,
         }
+    }
+
+    /// Gives a deduplication exchange its cache (opened by the vhost, which knows where).
+    pub fn with_dedup(mut self, dedup: Option<crate::dedup::ExchangeDedup>) -> Self {
+        self.dedup = dedup.map(Arc::new);
+        self
     }
 
     /// Checks a new binding's arguments against the exchange type's rules, before anything
@@ -186,7 +202,10 @@ impl Exchange {
     pub fn validate_binding(&self, arguments: &FieldTable) -> Result<()> {
         match self.config.kind {
             ExchangeType::Headers => headers::validate_binding(arguments),
-            ExchangeType::Direct | ExchangeType::Fanout | ExchangeType::Topic => Ok(()),
+            ExchangeType::Direct
+            | ExchangeType::Fanout
+            | ExchangeType::Topic
+            | ExchangeType::Deduplication => Ok(()),
         }
     }
 

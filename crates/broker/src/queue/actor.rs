@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::backlog::{Backlog, Entry, PagedEntry};
 use super::command::{ConfirmTicket, ConsumerSpec, GetOk, QueueCmd, QueueCounts, SettleAction};
 use super::consumer::Consumer;
+use super::dedup::QueueDedup;
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::QueueHandle;
 use crate::client::{ClientEvent, ClientId, Delivery};
@@ -53,6 +54,8 @@ struct QueueState {
     storage: Option<QueueStorage>,
     /// Ready messages kept in memory; more stay on disk.
     window: usize,
+    /// Keys of the messages in the queue (`x-message-deduplication`).
+    dedup: QueueDedup,
 }
 
 pub(super) async fn run(
@@ -61,6 +64,7 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<QueueCmd>,
     storage: Option<QueueStorage>,
 ) {
+    let dedup = QueueDedup::new(&handle.arguments);
     let mut state = QueueState {
         handle,
         vhost,
@@ -77,6 +81,7 @@ pub(super) async fn run(
             .as_ref()
             .map_or(usize::MAX, |s| s.window_messages.max(1)),
         storage,
+        dedup,
     };
     // A durable queue that never stored a message has no files yet: creating them at declare
     // time would cost every declare a mkdir and a file for nothing.
@@ -195,8 +200,9 @@ impl QueueState {
             return;
         };
         match Persistence::open_durable(storage, dir) {
-            Ok((persist, messages)) => {
+            Ok((mut persist, messages)) => {
                 for restored in messages {
+                    self.dedup.recover(&restored, &mut persist);
                     self.restore(restored);
                 }
                 self.persist = Some(persist);
@@ -239,6 +245,13 @@ impl QueueState {
 
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
         let id = self.next_msg_id;
+        if let Some(ack) = self.dedup.admit(id, &message) {
+            // A duplicate is confirmed as if enqueued (the plugin); a refusal is a nack.
+            if let Some(ticket) = confirm {
+                ticket.settle(ack);
+            }
+            return;
+        }
         self.next_msg_id += 1;
         let durable_queue = self
             .storage
@@ -335,6 +348,7 @@ impl QueueState {
                 // found either; drop it rather than block the queue forever.
                 None => {
                     if let Some(run) = self.backlog.drop_paged_run() {
+                        self.dedup.release_range(run.first_id, run.count);
                         tracing::error!(messages = run.count, queue = %self.handle.name, "dropped unreadable paged messages");
                     }
                 }
@@ -348,6 +362,9 @@ impl QueueState {
         let count = entries.len() + runs.iter().map(|r| r.count as usize).sum::<usize>();
         for entry in &entries {
             self.forget_on_disk(entry);
+        }
+        for run in &runs {
+            self.dedup.release_range(run.first_id, run.count);
         }
         if let Some(persist) = self.persist.as_mut() {
             for run in runs {
@@ -363,6 +380,7 @@ impl QueueState {
 
     /// The message is done with: its record no longer needs to survive a restart.
     fn forget_on_disk(&mut self, entry: &Entry) {
+        self.dedup.release(entry.id);
         if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
             persist.ack(position);
         }
@@ -522,6 +540,7 @@ impl QueueState {
         }
         self.backlog.take_all();
         self.unacked.clear();
+        self.dedup.clear();
         // The whole log goes, so nothing needs acking first.
         if let Some(persist) = self.persist.take() {
             persist.destroy();

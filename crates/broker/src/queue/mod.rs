@@ -10,6 +10,7 @@ mod actor;
 mod backlog;
 mod command;
 mod consumer;
+mod dedup;
 mod persist;
 
 use std::sync::atomic::{AtomicBool, Ordering};

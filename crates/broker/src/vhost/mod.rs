@@ -176,13 +176,16 @@ impl VHost {
 
     /// Finds every queue a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings and alternate exchanges. `keys` holds the routing key
-    /// first, then any CC/BCC keys. Each queue appears once in `out`.
+    /// first, then any CC/BCC keys. Each queue appears once in `out`. A deduplication
+    /// exchange on the way asks `dedup` whether the message passes; one it drops is neither
+    /// routed further nor sent to an alternate exchange (see [`crate::dedup`]).
     pub fn route(
         &self,
         exchange: &Arc<Exchange>,
         keys: &[&str],
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<QueueHandle>>,
+        dedup: &mut crate::dedup::DedupProbe<'_>,
     ) {
         let mut pending: SmallVec<[Arc<Exchange>; 4]> = SmallVec::new();
         let mut visited: SmallVec<[usize; 8]> = SmallVec::new();
@@ -193,6 +196,9 @@ impl VHost {
                 continue;
             }
             visited.push(address);
+            if x.dedup.as_ref().is_some_and(|cache| dedup.drops(cache)) {
+                continue;
+            }
             let found_before = out.len() + pending.len();
             if x.is_default() {
                 let queues = self.queues.read();
