@@ -11,6 +11,7 @@
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
+//! - [`policy`]: RabbitMQ-style policies and the effective arguments they give.
 //! - [`message`]: an immutable published message shared by every queue it reaches.
 //! - [`storage`]: durable definitions and the directories of durable queues.
 //! - [`auth`]: users and RabbitMQ-compatible password hashes.
@@ -25,6 +26,7 @@ pub mod direct_reply;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod storage;
 pub mod vhost;

@@ -165,7 +165,10 @@ impl Routes {
 #[derive(Debug)]
 pub struct Exchange {
     pub name: ShortStr,
+    /// As declared: what redeclare equivalence compares.
     pub config: ExchangeConfig,
+    /// The arguments in force: the declared ones merged with any matching policy.
+    pub arguments: FieldTable,
     /// The `alternate-exchange` argument: where messages go that this exchange cannot route.
     pub alternate: Option<ShortStr>,
     routes: RwLock<Routes>,
@@ -176,8 +179,14 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn new(name: ShortStr, config: ExchangeConfig) -> Self {
-        let alternate = config
-            .arguments
+        let arguments = config.arguments.clone();
+        Self::with_arguments(name, config, arguments)
+    }
+
+    /// An exchange running with `arguments` (declared merged with policy, see
+    /// [`crate::policy`]) rather than its declared ones.
+    pub fn with_arguments(name: ShortStr, config: ExchangeConfig, arguments: FieldTable) -> Self {
+        let alternate = arguments
             .get("alternate-exchange")
             .and_then(|v| v.as_str())
             .map(ShortStr::from);
@@ -185,6 +194,7 @@ impl Exchange {
             name,
             routes: RwLock::new(Routes::new(config.kind)),
             config,
+            arguments,
             alternate,
             deleted: AtomicBool::new(false),
             dedup: None,

@@ -49,7 +49,9 @@ impl VHost {
         check_name("exchange", name)?;
         self.check_alternate_type(name, &config)?;
         let dedup = self.open_dedup_cache(name, &config)?;
-        let exchange = Arc::new(Exchange::new(name.clone(), config).with_dedup(dedup));
+        let arguments = self.effective_exchange_arguments(name, &config.arguments);
+        let exchange =
+            Arc::new(Exchange::with_arguments(name.clone(), config, arguments).with_dedup(dedup));
         if exchange.config.durable {
             let c = &exchange.config;
             self.record(|vhost| Definition::Exchange {
@@ -198,8 +200,8 @@ impl VHost {
                             arguments: config.arguments.clone(),
                         });
                     }
-                    let queue =
-                        QueueHandle::spawn(name.clone(), &vhost, config.clone(), config.arguments);
+                    let arguments = self.effective_queue_arguments(&name, &config.arguments);
+                    let queue = QueueHandle::spawn(name.clone(), &vhost, config.clone(), arguments);
                     self.queues.write().insert(name, Arc::clone(&queue));
                     return Ok(QueueDeclared {
                         queue,
