@@ -262,3 +262,107 @@ async fn a_policy_can_give_the_predeclared_exchanges_an_alternate() {
     // The default exchange never takes a policy (RabbitMQ), though the pattern matches "".
     assert_eq!(unroutable_lands_in(&ch, "").await, None);
 }
+
+/// The arguments queue `name` runs with (declared merged with policy): what the queue's
+/// features (TTL, length limits, dead-lettering) read.
+fn effective(broker: &TestBroker, name: &str) -> ferrymq_wire::FieldTable {
+    let vhost = broker.broker().vhost("/").expect("default vhost");
+    vhost.queue(name).expect("queue exists").arguments.clone()
+}
+
+fn long(n: i64) -> ferrymq_wire::FieldValue {
+    ferrymq_wire::FieldValue::I64(n)
+}
+
+fn text(v: &str) -> ferrymq_wire::FieldValue {
+    ferrymq_wire::FieldValue::LongStr(bytes::Bytes::from(v.to_string()))
+}
+
+fn queue_policies() -> Vec<PolicyConfig> {
+    vec![
+        policy(
+            r#"
+            name = "orders"
+            pattern = "^orders\\."
+            apply-to = "queues"
+            priority = 1
+            definition = { max-length = 100, message-ttl = 60000, dead-letter-exchange = "dlx" }
+            "#,
+        ),
+        policy(
+            r#"
+            name = "orders-eu"
+            pattern = "^orders\\.eu"
+            apply-to = "queues"
+            priority = 2
+            definition = { max-length = 10 }
+            "#,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn queue_policies_fill_in_the_arguments_of_matching_queues_only() {
+    let broker = TestBroker::start_with(|config| config.policies = queue_policies()).await;
+    let (_conn, ch) = channel(&broker).await;
+    for name in ["orders.us", "orders.eu", "payments"] {
+        declare(&ch, name).await;
+    }
+    let us = effective(&broker, "orders.us");
+    assert_eq!(us.get("x-max-length"), Some(&long(100)));
+    assert_eq!(us.get("x-message-ttl"), Some(&long(60000)));
+    assert_eq!(us.get("x-dead-letter-exchange"), Some(&text("dlx")));
+    // Only the highest-priority policy applies: nothing of "orders" reaches orders.eu.
+    let eu = effective(&broker, "orders.eu");
+    assert_eq!(eu.get("x-max-length"), Some(&long(10)));
+    assert_eq!(eu.get("x-message-ttl"), None);
+    assert_eq!(eu.get("x-dead-letter-exchange"), None);
+    assert!(effective(&broker, "payments").is_empty());
+}
+
+#[tokio::test]
+async fn limits_take_the_lower_of_argument_and_policy_and_other_keys_keep_the_argument() {
+    let broker = TestBroker::start_with(|config| config.policies = queue_policies()).await;
+    let (_conn, ch) = channel(&broker).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(5));
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(120_000));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("my-dlx")),
+    );
+    within(ch.queue_declare(s("orders.us"), QueueDeclareOptions::default(), args.clone()))
+        .await
+        .unwrap();
+    let us = effective(&broker, "orders.us");
+    assert_eq!(
+        us.get("x-max-length"),
+        Some(&ferrymq_wire::FieldValue::I32(5))
+    );
+    assert_eq!(us.get("x-message-ttl"), Some(&long(60000)));
+    assert_eq!(us.get("x-dead-letter-exchange"), Some(&text("my-dlx")));
+    // Redeclaring with the declared arguments is equivalent: the policy is not part of them.
+    within(ch.queue_declare(s("orders.us"), QueueDeclareOptions::default(), args))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn queue_policies_apply_again_when_a_durable_queue_is_restored() {
+    let broker = TestBroker::start_with(|config| config.policies = queue_policies()).await;
+    {
+        let (_conn, ch) = channel(&broker).await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        within(ch.queue_declare(s("orders.eu"), durable, FieldTable::default()))
+            .await
+            .unwrap();
+    }
+    let broker = broker.restart().await;
+    assert_eq!(
+        effective(&broker, "orders.eu").get("x-max-length"),
+        Some(&long(10))
+    );
+}
