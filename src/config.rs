@@ -137,6 +137,20 @@ pub struct PolicyConfig {
     pub definition: toml::Table,
 }
 
+/// Policies from the environment replace the file's: a TOML array of inline tables,
+/// `[{ name = "ttl", pattern = ".*", definition = { message-ttl = 60000 } }]`.
+const POLICIES_ENV: &str = "FERRYMQ_POLICIES";
+
+fn policies_from_env(text: &str) -> anyhow::Result<Vec<PolicyConfig>> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        policies: Vec<PolicyConfig>,
+    }
+    let wrapper: Wrapper = toml::from_str(&format!("policies = {text}"))
+        .with_context(|| format!("parsing {POLICIES_ENV}"))?;
+    Ok(wrapper.policies)
+}
+
 fn default_policy_vhost() -> String {
     "/".to_string()
 }
@@ -201,6 +215,9 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut config = Config::merge(cli, file);
+        if let Ok(text) = std::env::var(POLICIES_ENV) {
+            config.policies = policies_from_env(&text)?;
+        }
         if config.vhosts.is_empty() {
             config.vhosts.push(config.default_vhost.clone());
         }
@@ -321,6 +338,17 @@ definition = { alternate-exchange = "unrouted" }
         let ae = config.policies[1].to_policy().unwrap();
         assert_eq!(ae.vhost, "prod");
         assert_eq!(ae.apply_to, ferrymq_broker::policy::ApplyTo::All);
+    }
+
+    #[test]
+    fn policies_can_come_from_the_environment_as_a_toml_array() {
+        let text = r#"[{ name = "ttl", pattern = ".*", apply-to = "queues", definition = { message-ttl = 60000 } }]"#;
+        let policies = policies_from_env(text).unwrap();
+        assert_eq!(policies.len(), 1);
+        let policy = policies[0].to_policy().unwrap();
+        assert_eq!(policy.name, "ttl");
+        assert_eq!(policy.vhost, "/");
+        assert!(policies_from_env("not toml").is_err());
     }
 
     #[test]
