@@ -2,8 +2,8 @@
 //! over the TOML file (`--config`), which wins over the defaults below.
 //!
 //! Every scalar setting exists in all three places under the same name (`frame_max_bytes`,
-//! `--frame-max-bytes`, `FERRYMQ_FRAME_MAX_BYTES`); users and vhosts are file-only, with
-//! RabbitMQ's `default_user` / `default_pass` / `default_vhost` as flags too.
+//! `--frame-max-bytes`, `FERRYMQ_FRAME_MAX_BYTES`); users, vhosts and policies are file-only,
+//! with RabbitMQ's `default_user` / `default_pass` / `default_vhost` as flags too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ macro_rules! settings {
             $( $name: Option<$ty>, )*
             users: Vec<UserConfig>,
             vhosts: Vec<String>,
+            policies: Vec<PolicyConfig>,
         }
 
         /// The effective configuration.
@@ -41,6 +42,7 @@ macro_rules! settings {
             $( $(#[doc = $doc])* pub $name: $ty, )*
             pub users: Vec<UserConfig>,
             pub vhosts: Vec<String>,
+            pub policies: Vec<PolicyConfig>,
         }
 
         impl Config {
@@ -49,6 +51,7 @@ macro_rules! settings {
                     $( $name: cli.$name.or(file.$name).unwrap_or_else(|| $default), )*
                     users: file.users,
                     vhosts: file.vhosts,
+                    policies: file.policies,
                 }
             }
         }
@@ -118,6 +121,91 @@ pub struct UserConfig {
     pub loopback_only: Option<bool>,
 }
 
+/// A policy from a `[[policies]]` table of the config file (RabbitMQ's fields; see
+/// `ferrymq_broker::policy`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    #[serde(default = "default_policy_vhost")]
+    pub vhost: String,
+    /// A regular expression over queue / exchange names (unanchored, as RabbitMQ).
+    pub pattern: String,
+    /// `queues`, `exchanges` or `all` (the default, as RabbitMQ).
+    #[serde(default = "default_apply_to", rename = "apply-to", alias = "apply_to")]
+    pub apply_to: String,
+    #[serde(default)]
+    pub priority: i64,
+    /// RabbitMQ's policy keys: `max-length = 1000`, `dead-letter-exchange = "dlx"`, ...
+    pub definition: toml::Table,
+}
+
+/// Policies from the environment replace the file's: a TOML array of inline tables,
+/// `[{ name = "ttl", pattern = ".*", definition = { message-ttl = 60000 } }]`.
+const POLICIES_ENV: &str = "FERRYMQ_POLICIES";
+
+fn policies_from_env(text: &str) -> anyhow::Result<Vec<PolicyConfig>> {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        policies: Vec<PolicyConfig>,
+    }
+    let wrapper: Wrapper = toml::from_str(&format!("policies = {text}"))
+        .with_context(|| format!("parsing {POLICIES_ENV}"))?;
+    Ok(wrapper.policies)
+}
+
+fn default_policy_vhost() -> String {
+    "/".to_string()
+}
+
+fn default_apply_to() -> String {
+    "all".to_string()
+}
+
+impl PolicyConfig {
+    /// The broker's policy, checked (pattern, keys and value types).
+    pub fn to_policy(&self) -> anyhow::Result<ferrymq_broker::policy::Policy> {
+        use ferrymq_broker::policy::{ApplyTo, Policy};
+        let apply_to = ApplyTo::parse(&self.apply_to)
+            .map_err(|e| anyhow::anyhow!("policy '{}': {e}", self.name))?;
+        let mut definition = ferrymq_wire::FieldTable::new();
+        for (key, value) in &self.definition {
+            let value = field_value(value)
+                .with_context(|| format!("policy '{}': key '{key}'", self.name))?;
+            definition.insert(key.as_str(), value);
+        }
+        Policy::new(
+            &self.name,
+            &self.vhost,
+            &self.pattern,
+            apply_to,
+            self.priority,
+            definition,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+/// A TOML value as the field value a client would have sent (integers as `long`).
+fn field_value(value: &toml::Value) -> anyhow::Result<ferrymq_wire::FieldValue> {
+    use ferrymq_wire::FieldValue;
+    Ok(match value {
+        toml::Value::String(s) => FieldValue::LongStr(bytes::Bytes::from(s.clone())),
+        toml::Value::Integer(n) => FieldValue::I64(*n),
+        toml::Value::Float(f) => FieldValue::F64(*f),
+        toml::Value::Boolean(b) => FieldValue::Bool(*b),
+        toml::Value::Array(items) => FieldValue::Array(
+            items
+                .iter()
+                .map(field_value)
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        toml::Value::Table(_) | toml::Value::Datetime(_) => {
+            anyhow::bail!("tables and dates are not policy values")
+        }
+    })
+}
+
 impl Config {
     /// Parses the command line and environment, then the file they name.
     pub fn load() -> anyhow::Result<Config> {
@@ -130,6 +218,9 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut config = Config::merge(cli, file);
+        if let Ok(text) = std::env::var(POLICIES_ENV) {
+            config.policies = policies_from_env(&text)?;
+        }
         if config.vhosts.is_empty() {
             config.vhosts.push(config.default_vhost.clone());
         }
@@ -183,6 +274,10 @@ impl Config {
                 user.name
             );
         }
+        // A bad policy stops the start, rather than being half applied.
+        for policy in &self.policies {
+            policy.to_policy()?;
+        }
         Ok(())
     }
 }
@@ -213,6 +308,63 @@ mod tests {
     #[test]
     fn unknown_file_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("hartbeat_s = 5").is_err());
+    }
+
+    #[test]
+    fn policies_come_from_the_file_with_rabbitmq_defaults() {
+        let text = r#"
+[[policies]]
+name = "limits"
+pattern = '^orders\.'
+apply-to = "queues"
+priority = 2
+definition = { max-length = 10, dead-letter-exchange = "dlx" }
+
+[[policies]]
+name = "ae"
+vhost = "prod"
+pattern = ".*"
+definition = { alternate-exchange = "unrouted" }
+"#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let config = Config::merge(Cli::default(), file);
+        config.validate().unwrap();
+        let limits = config.policies[0].to_policy().unwrap();
+        assert_eq!(limits.vhost, "/");
+        assert_eq!(limits.priority, 2);
+        assert_eq!(limits.apply_to, ferrymq_broker::policy::ApplyTo::Queues);
+        assert!(limits.pattern.is_match("orders.eu"));
+        assert_eq!(
+            limits.definition.get("max-length"),
+            Some(&ferrymq_wire::FieldValue::I64(10))
+        );
+        let ae = config.policies[1].to_policy().unwrap();
+        assert_eq!(ae.vhost, "prod");
+        assert_eq!(ae.apply_to, ferrymq_broker::policy::ApplyTo::All);
+    }
+
+    #[test]
+    fn policies_can_come_from_the_environment_as_a_toml_array() {
+        let text = r#"[{ name = "ttl", pattern = ".*", apply-to = "queues", definition = { message-ttl = 60000 } }]"#;
+        let policies = policies_from_env(text).unwrap();
+        assert_eq!(policies.len(), 1);
+        let policy = policies[0].to_policy().unwrap();
+        assert_eq!(policy.name, "ttl");
+        assert_eq!(policy.vhost, "/");
+        assert!(policies_from_env("not toml").is_err());
+    }
+
+    #[test]
+    fn a_bad_policy_fails_validation() {
+        for text in [
+            "[[policies]]\nname = \"p\"\npattern = \".*\"\ndefinition = { max-length = \"ten\" }\n",
+            "[[policies]]\nname = \"p\"\npattern = \".*\"\napply-to = \"both\"\ndefinition = { max-length = 1 }\n",
+            "[[policies]]\nname = \"p\"\npattern = \"(\"\ndefinition = { max-length = 1 }\n",
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let config = Config::merge(Cli::default(), file);
+            assert!(config.validate().is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub fn build_broker(
         Some(storage) => Broker::with_storage(storage),
         None => Broker::new(),
     };
+    // Before any vhost exists: a vhost takes its policies when it is created.
+    let policies = config.policies.iter().map(|p| p.to_policy());
+    broker.set_policies(policies.collect::<anyhow::Result<_>>()?);
     for vhost in &config.vhosts {
         broker.add_vhost(vhost);
     }

@@ -12,6 +12,7 @@ use crate::client::ClientId;
 use crate::definitions::Definition;
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Destination, ExchangeConfig};
+use crate::policy::Policy;
 use crate::queue::QueueConfig;
 use crate::storage::{BrokerStorage, Topology};
 use crate::vhost::{DestinationName, VHost};
@@ -23,6 +24,8 @@ pub struct Broker {
     storage: Option<Arc<BrokerStorage>>,
     users: RwLock<HashMap<String, User>>,
     next_client_id: AtomicU64,
+    /// From the configuration; each vhost takes its own at creation.
+    policies: RwLock<Vec<Policy>>,
 }
 
 impl Broker {
@@ -112,8 +115,18 @@ impl Broker {
             self.vhosts
                 .write()
                 .entry(name.to_string())
-                .or_insert_with(|| VHost::with_storage(name, self.storage.clone())),
+                .or_insert_with(|| {
+                    let policies = self.policies.read();
+                    let own = policies.iter().filter(|p| p.vhost == name).cloned();
+                    VHost::with_policies(name, self.storage.clone(), own.collect())
+                }),
         )
+    }
+
+    /// The policies of every vhost; set before vhosts are added (policies apply when a
+    /// queue or exchange is declared, so a vhost takes them at its creation).
+    pub fn set_policies(&self, policies: Vec<Policy>) {
+        *self.policies.write() = policies;
     }
 
     pub fn add_user(&self, user: User) {

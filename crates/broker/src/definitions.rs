@@ -205,6 +205,8 @@ fn kind_code(kind: ExchangeType) -> u8 {
         ExchangeType::Fanout => 1,
         ExchangeType::Topic => 2,
         ExchangeType::Headers => 3,
+        // Not 4: codes are on disk forever, and other plugin types are being added beside.
+        ExchangeType::Deduplication => 8,
     }
 }
 
@@ -214,6 +216,7 @@ fn kind_from_code(code: u8) -> Result<ExchangeType, DefinitionError> {
         1 => Ok(ExchangeType::Fanout),
         2 => Ok(ExchangeType::Topic),
         3 => Ok(ExchangeType::Headers),
+        8 => Ok(ExchangeType::Deduplication),
         other => Err(DefinitionError(format!("unknown exchange type {other}"))),
     }
 }

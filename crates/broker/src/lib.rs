@@ -6,10 +6,12 @@
 //! - [`broker`]: the root object: vhosts and users.
 //! - [`vhost`]: one namespace: declare/delete, bindings, routing of a publish to queues.
 //! - [`direct_reply`]: `amq.rabbitmq.reply-to`, replies routed straight to a requesting channel.
+//! - [`dedup`]: message deduplication (exchange type and queue argument of the plugin).
 //! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
+//! - [`policy`]: RabbitMQ-style policies and the effective arguments they give.
 //! - [`message`]: an immutable published message shared by every queue it reaches.
 //! - [`storage`]: durable definitions and the directories of durable queues.
 //! - [`auth`]: users and RabbitMQ-compatible password hashes.
@@ -18,11 +20,13 @@
 pub mod auth;
 pub mod broker;
 pub mod client;
+pub mod dedup;
 pub mod definitions;
 pub mod direct_reply;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod storage;
 pub mod vhost;

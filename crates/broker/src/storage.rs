@@ -8,6 +8,8 @@
 //!                                       queue names may hold any character
 //!  <data_dir>/paging/<n>/               the log a non-durable queue pages into; the whole
 //!                                       folder is removed at every start
+//!  <data_dir>/dedup/<32 hex digits>.cache  a durable deduplication exchange's cache
+//!                                       (`x-cache-persistence: disk`), named like queues
 //! ```
 //!
 //! At start the log is folded into the topology it describes (later commands win, deleting
@@ -31,6 +33,7 @@ const QUEUES_DIR: &str = "queues";
 /// Entries the definitions log may hold beyond twice its last snapshot before compaction.
 const COMPACT_SLACK_ENTRIES: u64 = 4096;
 const PAGING_DIR: &str = "paging";
+const DEDUP_DIR: &str = "dedup";
 
 #[derive(Debug)]
 pub struct BrokerStorage {
@@ -101,6 +104,7 @@ impl BrokerStorage {
         self.snapshot_entries
             .store(snapshot.len() as u64, Ordering::Relaxed);
         self.remove_orphan_queue_dirs(topology)?;
+        self.remove_orphan_dedup_caches(topology)?;
         self.recording.store(true, Ordering::Release);
         Ok(())
     }
@@ -132,13 +136,35 @@ impl BrokerStorage {
     }
 
     pub fn queue_dir(&self, vhost: &str, name: &str) -> PathBuf {
-        let digest = Sha256::new()
-            .chain_update(vhost)
-            .chain_update([0u8])
-            .chain_update(name)
-            .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        self.data_dir.join(QUEUES_DIR).join(hex)
+        self.data_dir.join(QUEUES_DIR).join(name_hex(vhost, name))
+    }
+
+    /// The cache file of a durable deduplication exchange.
+    pub fn dedup_cache_path(&self, vhost: &str, exchange: &str) -> PathBuf {
+        self.data_dir
+            .join(DEDUP_DIR)
+            .join(format!("{}.cache", name_hex(vhost, exchange)))
+    }
+
+    /// Cache files of exchanges that are gone (deleted while the broker went down) would
+    /// otherwise come back to life if an exchange of that name were declared again.
+    fn remove_orphan_dedup_caches(&self, topology: &Topology) -> std::io::Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join(DEDUP_DIR)) else {
+            return Ok(());
+        };
+        let keep: HashSet<PathBuf> = topology
+            .exchanges
+            .iter()
+            .map(|((vhost, name), _)| self.dedup_cache_path(vhost, name))
+            .collect();
+        for entry in entries {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                tracing::info!(file = %path.display(), "removing the cache of a deleted exchange");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 
     fn remove_orphan_queue_dirs(&self, topology: &Topology) -> std::io::Result<()> {
@@ -160,6 +186,16 @@ impl BrokerStorage {
         }
         Ok(())
     }
+}
+
+/// SHA-256(vhost ‖ 0 ‖ name)[..16] in hex: a file name for any queue or exchange name.
+fn name_hex(vhost: &str, name: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(vhost)
+        .chain_update([0u8])
+        .chain_update(name)
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Folds the log into the topology it describes and rewrites it as that snapshot.

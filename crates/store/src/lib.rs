@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`commit`]: group commit: one thread fdatasyncs the files many queues wrote, then completes.
 //! - [`definitions`]: the log of topology commands, with snapshot compaction.
+//! - [`dedup_log`]: the append-only file behind a deduplication exchange's cache.
 //! - [`data_dir`]: the data directory and its lock.
 //! - [`record`]: the message record format (drawn above its encoder) and its decoder.
 //! - [`segment`]: segment and ack files; scanning a segment with torn-tail and corruption handling.
@@ -14,6 +15,7 @@
 
 pub mod commit;
 pub mod data_dir;
+pub mod dedup_log;
 pub mod definitions;
 pub mod error;
 pub mod queue_log;
@@ -22,6 +24,7 @@ pub mod segment;
 
 pub use commit::Syncer;
 pub use data_dir::DataDir;
+pub use dedup_log::{DedupEntry, DedupLog};
 pub use definitions::DefinitionsLog;
 pub use error::{Result, StoreError};
 pub use queue_log::{QueueLog, Recovered, RecoveredMessage};

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ferrymq_broker::dedup::{DedupOutcome, DedupProbe};
 use ferrymq_broker::direct_reply::{REPLY_TO, REPLY_TO_PREFIX};
 use ferrymq_broker::exchange::Exchange;
 use ferrymq_broker::queue::{ConfirmTicket, QueueCmd, QueueHandle, SettleAction};
@@ -207,7 +208,7 @@ impl Session {
         message: Message,
         mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
-        let (message, mut queues) = self.route(exchange, message);
+        let (message, mut queues, dedup) = self.route(exchange, message);
         let message = Arc::new(message);
         // A reply to a direct reply-to address goes straight to the requester's channel.
         let replied = exchange.is_default()
@@ -221,8 +222,9 @@ impl Session {
         let confirm_seq = channel
             .confirms
             .as_mut()
-            .map(|c| c.register(queues.len() as u32));
-        if queues.is_empty() && !replied && method.mandatory {
+            .map(|c| c.register(confirm_parts(&queues, &dedup)));
+        // A duplicate dropped by a deduplication exchange was handled, not unroutable.
+        if queues.is_empty() && !replied && method.mandatory && !dedup.duplicate {
             let returned = BasicReturn {
                 reply_code: code::NO_ROUTE,
                 reply_text: ShortStr::from_static("NO_ROUTE"),
@@ -232,8 +234,8 @@ impl Session {
             self.outbox.method(id, &Method::BasicReturn(returned));
             self.outbox.content(id, &message.properties, &message.body);
         }
-        for queue in queues.drain(..) {
-            let confirm = match (confirm_seq, waiters.as_deref_mut()) {
+        let ticket =
+            |waiters: Option<&mut Vec<oneshot::Receiver<bool>>>| match (confirm_seq, waiters) {
                 (Some(seq), _) => Some(ConfirmTicket::Channel {
                     client: Arc::clone(&self.client),
                     channel: id,
@@ -247,6 +249,15 @@ impl Session {
                 }
                 (None, None) => None,
             };
+        if !dedup.writes.is_empty() {
+            // Deduplication cache entries go to disk after the message: one confirm for all.
+            let confirm = ticket(waiters.as_deref_mut());
+            dedup
+                .enqueue_then_record(&mut queues, &message, confirm)
+                .await;
+        }
+        for queue in queues.drain(..) {
+            let confirm = ticket(waiters.as_deref_mut());
             queue.publish(Arc::clone(&message), confirm).await;
         }
         self.route_buf = queues;
@@ -258,7 +269,7 @@ impl Session {
         &mut self,
         exchange: &Arc<Exchange>,
         mut message: Message,
-    ) -> (Message, Vec<Arc<QueueHandle>>) {
+    ) -> (Message, Vec<Arc<QueueHandle>>, DedupOutcome) {
         // Reused from publish to publish: routing must not allocate per message.
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
@@ -272,6 +283,7 @@ impl Session {
         let extra = headers
             .as_ref()
             .map(|h| (string_array(h.get("CC")), string_array(h.get("BCC"))));
+        let mut dedup = DedupProbe::new(&message);
         {
             // On the stack: the routing key plus a few CC/BCC keys need no allocation.
             let mut keys: smallvec::SmallVec<[&str; 4]> =
@@ -281,12 +293,13 @@ impl Session {
                 keys.extend(bcc.iter().map(String::as_str));
             }
             self.vhost
-                .route(exchange, &keys, headers.as_ref(), &mut queues);
+                .route(exchange, &keys, headers.as_ref(), &mut queues, &mut dedup);
         }
+        let dedup = dedup.outcome;
         if extra.as_ref().is_some_and(|(_, bcc)| !bcc.is_empty()) {
             message = without_bcc(message);
         }
-        (message, queues)
+        (message, queues, dedup)
     }
 
     pub(super) fn confirm_select(&mut self, id: u16, nowait: bool, ids: (u16, u16)) -> AmqpResult {
@@ -410,6 +423,16 @@ impl Session {
                 self.wake_channel_queues(channel).await;
             }
         }
+    }
+}
+
+/// How many confirmations a publish waits for: one per queue, or a single one when
+/// deduplication cache entries must follow the message to disk.
+fn confirm_parts(queues: &[Arc<QueueHandle>], dedup: &DedupOutcome) -> u32 {
+    if dedup.writes.is_empty() {
+        queues.len() as u32
+    } else {
+        1
     }
 }
 

@@ -26,6 +26,9 @@ pub enum ExchangeType {
     Fanout,
     Topic,
     Headers,
+    /// `x-message-deduplication` (the rabbitmq-message-deduplication plugin): fanout
+    /// routing behind a cache of the keys already seen (see [`crate::dedup`]).
+    Deduplication,
 }
 
 impl ExchangeType {
@@ -36,6 +39,7 @@ impl ExchangeType {
             "fanout" => Ok(ExchangeType::Fanout),
             "topic" => Ok(ExchangeType::Topic),
             "headers" => Ok(ExchangeType::Headers),
+            crate::dedup::EXCHANGE_TYPE => Ok(ExchangeType::Deduplication),
             other => Err(BrokerError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -48,6 +52,7 @@ impl ExchangeType {
             ExchangeType::Fanout => "fanout",
             ExchangeType::Topic => "topic",
             ExchangeType::Headers => "headers",
+            ExchangeType::Deduplication => crate::dedup::EXCHANGE_TYPE,
         }
     }
 }
@@ -104,7 +109,9 @@ impl Routes {
     fn new(kind: ExchangeType) -> Self {
         match kind {
             ExchangeType::Direct => Routes::Direct(Default::default()),
-            ExchangeType::Fanout => Routes::Fanout(Default::default()),
+            ExchangeType::Fanout | ExchangeType::Deduplication => {
+                Routes::Fanout(Default::default())
+            }
             ExchangeType::Topic => Routes::Topic(Default::default()),
             ExchangeType::Headers => Routes::Headers(Default::default()),
         }
@@ -158,17 +165,28 @@ impl Routes {
 #[derive(Debug)]
 pub struct Exchange {
     pub name: ShortStr,
+    /// As declared: what redeclare equivalence compares.
     pub config: ExchangeConfig,
+    /// The arguments in force: the declared ones merged with any matching policy.
+    pub arguments: FieldTable,
     /// The `alternate-exchange` argument: where messages go that this exchange cannot route.
     pub alternate: Option<ShortStr>,
     routes: RwLock<Routes>,
     deleted: AtomicBool,
+    /// The cache of a deduplication exchange.
+    pub dedup: Option<Arc<crate::dedup::ExchangeDedup>>,
 }
 
 impl Exchange {
     pub fn new(name: ShortStr, config: ExchangeConfig) -> Self {
-        let alternate = config
-            .arguments
+        let arguments = config.arguments.clone();
+        Self::with_arguments(name, config, arguments)
+    }
+
+    /// An exchange running with `arguments` (declared merged with policy, see
+    /// [`crate::policy`]) rather than its declared ones.
+    pub fn with_arguments(name: ShortStr, config: ExchangeConfig, arguments: FieldTable) -> Self {
+        let alternate = arguments
             .get("alternate-exchange")
             .and_then(|v| v.as_str())
             .map(ShortStr::from);
@@ -176,9 +194,17 @@ impl Exchange {
             name,
             routes: RwLock::new(Routes::new(config.kind)),
             config,
+            arguments,
             alternate,
             deleted: AtomicBool::new(false),
+            dedup: None,
         }
+    }
+
+    /// Gives a deduplication exchange its cache (opened by the vhost, which knows where).
+    pub fn with_dedup(mut self, dedup: Option<crate::dedup::ExchangeDedup>) -> Self {
+        self.dedup = dedup.map(Arc::new);
+        self
     }
 
     /// Checks a new binding's arguments against the exchange type's rules, before anything
@@ -186,7 +212,10 @@ impl Exchange {
     pub fn validate_binding(&self, arguments: &FieldTable) -> Result<()> {
         match self.config.kind {
             ExchangeType::Headers => headers::validate_binding(arguments),
-            ExchangeType::Direct | ExchangeType::Fanout | ExchangeType::Topic => Ok(()),
+            ExchangeType::Direct
+            | ExchangeType::Fanout
+            | ExchangeType::Topic
+            | ExchangeType::Deduplication => Ok(()),
         }
     }
 

@@ -28,6 +28,7 @@ use super::consumer::{self, Consumer, ConsumerRules};
 use super::consumer_args;
 use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
+use super::dedup::QueueDedup;
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::priority::Levels;
 use super::QueueHandle;
@@ -92,6 +93,8 @@ struct QueueState {
     storage: Option<QueueStorage>,
     /// Ready messages kept in memory; more stay on disk.
     window: usize,
+    /// Keys of the messages in the queue (`x-message-deduplication`).
+    dedup: QueueDedup,
 }
 
 pub(super) async fn run(
@@ -101,6 +104,7 @@ pub(super) async fn run(
     storage: Option<QueueStorage>,
 ) {
     let args = QueueArgs::parse(&handle.arguments);
+    let dedup = QueueDedup::new(&handle.arguments);
     let mut state = QueueState {
         handle,
         vhost,
@@ -129,6 +133,7 @@ pub(super) async fn run(
             .as_ref()
             .map_or(usize::MAX, |s| s.window_messages.max(1)),
         storage,
+        dedup,
     };
     // A durable queue that never stored a message has no files yet: creating them at declare
     // time would cost every declare a mkdir and a file for nothing.
@@ -233,7 +238,10 @@ impl QueueState {
             let level = self.backlog.level(expiring.level);
             match level.remove(id, expiring.body_size) {
                 Removed::Memory(entry) => self.discard(entry, Reason::Expired),
-                Removed::Paged => self.discard_paged(expiring.position),
+                Removed::Paged => {
+                    self.dedup.release(id);
+                    self.discard_paged(expiring.position);
+                }
                 Removed::Absent => {}
             }
         }
@@ -344,8 +352,9 @@ impl QueueState {
             return;
         };
         match Persistence::open_durable(storage, dir) {
-            Ok((persist, messages)) => {
+            Ok((mut persist, messages)) => {
                 for restored in messages {
+                    self.dedup.recover(&restored, &mut persist);
                     self.restore(restored);
                 }
                 self.persist = Some(persist);
@@ -442,11 +451,21 @@ impl QueueState {
     }
 
     fn publish(&mut self, message: Arc<Message>, confirm: Option<ConfirmTicket>) {
+        let id = self.next_msg_id;
+        if let Some(ack) = self.dedup.admit(id, &message) {
+            // A duplicate is confirmed as if enqueued (the plugin); a refusal is a nack.
+            if let Some(ticket) = confirm {
+                ticket.settle(ack);
+            }
+            return;
+        }
         if self.args.has_length_limit()
             && self.args.overflow != Overflow::DropHead
             && self.would_overflow(message.body_size())
         {
-            // reject-publish(-dlx): the newest message is refused, nacked under confirms.
+            // reject-publish(-dlx): the newest message is refused, nacked under confirms;
+            // it never entered, so its dedup key is free again.
+            self.dedup.release(id);
             if self.args.overflow == Overflow::RejectPublishDlx {
                 self.dead_letter(&message, Reason::Maxlen);
             }
@@ -455,7 +474,6 @@ impl QueueState {
             }
             return;
         }
-        let id = self.next_msg_id;
         self.next_msg_id += 1;
         let now = now_ms();
         let (expires_at_ms, own_expiry) = self.expiry_of(&message, now);
@@ -596,7 +614,11 @@ impl QueueState {
                 // Expired while paged (acked then): step over its record.
                 match persist.record_len(paged.position) {
                     Some(len) => backlog.skip_paged(len),
-                    None => drop_unreadable(backlog, &self.handle.name),
+                    None => {
+                        if let Some(run) = drop_unreadable(backlog, &self.handle.name) {
+                            self.dedup.release_range(run.first_id, run.count);
+                        }
+                    }
                 }
                 continue;
             }
@@ -613,7 +635,11 @@ impl QueueState {
                         deliveries: paged.deliveries,
                     });
                 }
-                None => drop_unreadable(backlog, &self.handle.name),
+                None => {
+                    if let Some(run) = drop_unreadable(backlog, &self.handle.name) {
+                        self.dedup.release_range(run.first_id, run.count);
+                    }
+                }
             }
         }
         progressed
@@ -632,6 +658,7 @@ impl QueueState {
                 continue;
             };
             for run in runs {
+                self.dedup.release_range(run.first_id, run.count);
                 let position = Position {
                     segment: run.segment,
                     offset: run.offset,
@@ -650,6 +677,7 @@ impl QueueState {
 
     /// The message is done with: its record no longer needs to survive a restart.
     fn forget_on_disk(&mut self, entry: &Entry) {
+        self.dedup.release(entry.id);
         if let (Some(position), Some(persist)) = (entry.position, self.persist.as_mut()) {
             persist.ack(position);
         }
@@ -913,6 +941,7 @@ impl QueueState {
         self.backlog = Levels::new(0);
         self.expiring.clear();
         self.unacked.clear();
+        self.dedup.clear();
         // The whole log goes, so nothing needs acking first.
         if let Some(persist) = self.persist.take() {
             persist.destroy();
@@ -992,8 +1021,11 @@ fn now_ms() -> u64 {
 
 /// Unreadable records (logged): without a length the rest of the run cannot be found
 /// either; drop it rather than block the queue forever.
-fn drop_unreadable(backlog: &mut super::backlog::Backlog, queue: &str) {
-    if let Some(run) = backlog.drop_paged_run() {
-        tracing::error!(messages = run.count, queue = %queue, "dropped unreadable paged messages");
-    }
+fn drop_unreadable(
+    backlog: &mut super::backlog::Backlog,
+    queue: &str,
+) -> Option<super::backlog::PagedRun> {
+    let run = backlog.drop_paged_run()?;
+    tracing::error!(messages = run.count, queue = %queue, "dropped unreadable paged messages");
+    Some(run)
 }

@@ -168,14 +168,23 @@ pub fn forward(vhost: Weak<VHost>, letters: Vec<Message>) {
                 .unwrap_or_else(|| vec![letter.routing_key.to_string()]);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             queues.clear();
-            vhost.route(&exchange, &keys, headers.as_ref(), &mut queues);
+            // A deduplication exchange on the way may drop a dead letter like any publish.
+            let mut probe = crate::dedup::DedupProbe::new(&letter);
+            vhost.route(&exchange, &keys, headers.as_ref(), &mut queues, &mut probe);
+            let dedup = probe.outcome;
             let cycle = Cycle::of(headers.as_ref());
-            let letter = Arc::new(letter);
-            for queue in queues.drain(..) {
-                if cycle.drops(&queue.name) {
+            queues.retain(|queue| {
+                let drop = cycle.drops(&queue.name);
+                if drop {
                     tracing::debug!(queue = %queue.name, "dead-letter cycle: message dropped");
-                    continue;
                 }
+                !drop
+            });
+            let letter = Arc::new(letter);
+            if !dedup.writes.is_empty() {
+                dedup.enqueue_then_record(&mut queues, &letter, None).await;
+            }
+            for queue in queues.drain(..) {
                 queue.publish(Arc::clone(&letter), None).await;
             }
         }

@@ -14,6 +14,7 @@ mod consumer;
 pub mod consumer_args;
 mod consumer_timeout;
 pub mod dead_letter;
+mod dedup;
 mod persist;
 mod priority;
 

@@ -48,7 +48,10 @@ impl VHost {
         }
         check_name("exchange", name)?;
         self.check_alternate_type(name, &config)?;
-        let exchange = Arc::new(Exchange::new(name.clone(), config));
+        let dedup = self.open_dedup_cache(name, &config)?;
+        let arguments = self.effective_exchange_arguments(name, &config.arguments);
+        let exchange =
+            Arc::new(Exchange::with_arguments(name.clone(), config, arguments).with_dedup(dedup));
         if exchange.config.durable {
             let c = &exchange.config;
             self.record(|vhost| Definition::Exchange {
@@ -80,6 +83,28 @@ impl VHost {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A deduplication exchange's cache: its arguments checked (406 as the plugin), kept on
+    /// disk only for a durable exchange with `x-cache-persistence: disk`.
+    fn open_dedup_cache(
+        &self,
+        name: &str,
+        config: &ExchangeConfig,
+    ) -> Result<Option<crate::dedup::ExchangeDedup>> {
+        if config.kind != crate::exchange::ExchangeType::Deduplication {
+            return Ok(None);
+        }
+        let settings = crate::dedup::ExchangeSettings::parse(&config.arguments)?;
+        let storage = self
+            .storage
+            .as_ref()
+            .filter(|_| settings.on_disk && config.durable);
+        Ok(Some(crate::dedup::ExchangeDedup::open(
+            settings,
+            storage.map(|s| s.dedup_cache_path(&self.name, name)),
+            storage.map(|s| s.syncer.clone()),
+        )))
     }
 
     /// exchange.delete. Deleting an exchange that does not exist is not an error (RabbitMQ).
@@ -121,6 +146,9 @@ impl VHost {
             }
         }
         exchange.mark_deleted();
+        if let Some(dedup) = &exchange.dedup {
+            dedup.destroy();
+        }
         if exchange.config.durable {
             self.record(|vhost| Definition::ExchangeDeleted {
                 vhost,
@@ -173,8 +201,8 @@ impl VHost {
                             arguments: config.arguments.clone(),
                         });
                     }
-                    let queue =
-                        QueueHandle::spawn(name.clone(), &vhost, config.clone(), config.arguments);
+                    let arguments = self.effective_queue_arguments(&name, &config.arguments);
+                    let queue = QueueHandle::spawn(name.clone(), &vhost, config.clone(), arguments);
                     self.queues.write().insert(name, Arc::clone(&queue));
                     return Ok(QueueDeclared {
                         queue,

@@ -41,6 +41,8 @@ pub struct VHost {
     pub direct_replies: crate::direct_reply::DirectReplies,
     /// For queue tasks, which need to remove themselves when they are deleted.
     this: Weak<VHost>,
+    /// This vhost's policies, in the order configured (see [`crate::policy`]).
+    policies: Vec<crate::policy::Policy>,
 }
 
 impl std::fmt::Debug for VHost {
@@ -69,6 +71,15 @@ impl VHost {
 
     /// A vhost whose durable definitions and queues are kept in `storage`.
     pub fn with_storage(name: &str, storage: Option<Arc<BrokerStorage>>) -> Arc<VHost> {
+        Self::with_policies(name, storage, Vec::new())
+    }
+
+    /// A vhost whose queues and exchanges get their effective arguments from `policies`.
+    pub fn with_policies(
+        name: &str,
+        storage: Option<Arc<BrokerStorage>>,
+        policies: Vec<crate::policy::Policy>,
+    ) -> Arc<VHost> {
         let vhost = Arc::new_cyclic(|this| VHost {
             name: Arc::from(name),
             storage,
@@ -77,6 +88,7 @@ impl VHost {
             definitions: Mutex::new(Definitions::default()),
             direct_replies: Default::default(),
             this: this.clone(),
+            policies,
         });
         {
             let mut exchanges = vhost.exchanges.write();
@@ -89,7 +101,9 @@ impl VHost {
                     arguments: FieldTable::new(),
                 };
                 let name = ShortStr::from(name);
-                exchanges.insert(name.clone(), Arc::new(Exchange::new(name, config)));
+                let arguments = vhost.effective_exchange_arguments(&name, &config.arguments);
+                let exchange = Exchange::with_arguments(name.clone(), config, arguments);
+                exchanges.insert(name, Arc::new(exchange));
             }
         }
         vhost
@@ -142,6 +156,28 @@ impl VHost {
         });
     }
 
+    /// A queue's declared arguments merged with the policy that applies to it.
+    pub(crate) fn effective_queue_arguments(
+        &self,
+        queue: &str,
+        declared: &FieldTable,
+    ) -> FieldTable {
+        use crate::policy::{applicable, effective_arguments, Target};
+        let policy = applicable(&self.policies, &self.name, Target::Queue, queue);
+        effective_arguments(policy, Target::Queue, declared)
+    }
+
+    /// An exchange's declared arguments merged with the policy that applies to it.
+    pub(crate) fn effective_exchange_arguments(
+        &self,
+        exchange: &str,
+        declared: &FieldTable,
+    ) -> FieldTable {
+        use crate::policy::{applicable, effective_arguments, Target};
+        let policy = applicable(&self.policies, &self.name, Target::Exchange, exchange);
+        effective_arguments(policy, Target::Exchange, declared)
+    }
+
     pub(crate) fn name_arc(&self) -> Arc<str> {
         Arc::clone(&self.name)
     }
@@ -176,13 +212,16 @@ impl VHost {
 
     /// Finds every queue a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings and alternate exchanges. `keys` holds the routing key
-    /// first, then any CC/BCC keys. Each queue appears once in `out`.
+    /// first, then any CC/BCC keys. Each queue appears once in `out`. A deduplication
+    /// exchange on the way asks `dedup` whether the message passes; one it drops is neither
+    /// routed further nor sent to an alternate exchange (see [`crate::dedup`]).
     pub fn route(
         &self,
         exchange: &Arc<Exchange>,
         keys: &[&str],
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<QueueHandle>>,
+        dedup: &mut crate::dedup::DedupProbe<'_>,
     ) {
         let mut pending: SmallVec<[Arc<Exchange>; 4]> = SmallVec::new();
         let mut visited: SmallVec<[usize; 8]> = SmallVec::new();
@@ -193,6 +232,9 @@ impl VHost {
                 continue;
             }
             visited.push(address);
+            if x.dedup.as_ref().is_some_and(|cache| dedup.drops(cache)) {
+                continue;
+            }
             let found_before = out.len() + pending.len();
             if x.is_default() {
                 let queues = self.queues.read();
