@@ -8,6 +8,8 @@
 //!                                       queue names may hold any character
 //!  <data_dir>/paging/<n>/               the log a non-durable queue pages into; the whole
 //!                                       folder is removed at every start
+//!  <data_dir>/delayed/<32 hex digits>/  the messages an x-delayed-message exchange holds
+//!                                       (same naming as queues; see `exchange::delayed`)
 //! ```
 //!
 //! At start the log is folded into the topology it describes (later commands win, deleting
@@ -31,6 +33,7 @@ const QUEUES_DIR: &str = "queues";
 /// Entries the definitions log may hold beyond twice its last snapshot before compaction.
 const COMPACT_SLACK_ENTRIES: u64 = 4096;
 const PAGING_DIR: &str = "paging";
+const DELAYED_DIR: &str = "delayed";
 
 #[derive(Debug)]
 pub struct BrokerStorage {
@@ -101,6 +104,7 @@ impl BrokerStorage {
         self.snapshot_entries
             .store(snapshot.len() as u64, Ordering::Relaxed);
         self.remove_orphan_queue_dirs(topology)?;
+        self.remove_orphan_delayed_dirs(topology)?;
         self.recording.store(true, Ordering::Release);
         Ok(())
     }
@@ -139,6 +143,35 @@ impl BrokerStorage {
             .finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         self.data_dir.join(QUEUES_DIR).join(hex)
+    }
+
+    /// Where a delayed exchange keeps its held messages.
+    pub fn delayed_dir(&self, vhost: &str, exchange: &str) -> PathBuf {
+        let hashed = self.queue_dir(vhost, exchange);
+        let name = hashed.file_name().unwrap_or_default();
+        self.data_dir.join(DELAYED_DIR).join(name)
+    }
+
+    /// Held messages of delayed exchanges that are not durable, or were deleted while the
+    /// broker went down, do not outlive the exchange.
+    fn remove_orphan_delayed_dirs(&self, topology: &Topology) -> std::io::Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join(DELAYED_DIR)) else {
+            return Ok(());
+        };
+        let keep: HashSet<PathBuf> = topology
+            .exchanges
+            .iter()
+            .filter(|(_, d)| matches!(d, Definition::Exchange { kind, .. } if *kind == crate::exchange::ExchangeType::Delayed))
+            .map(|((vhost, name), _)| self.delayed_dir(vhost, name))
+            .collect();
+        for entry in entries {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing the held messages of a deleted delayed exchange");
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
     }
 
     fn remove_orphan_queue_dirs(&self, topology: &Topology) -> std::io::Result<()> {

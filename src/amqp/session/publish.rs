@@ -206,6 +206,13 @@ impl Session {
         message: Message,
         mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
+        // An x-delayed-message exchange takes a message with an x-delay and routes it later.
+        let Some(message) = self
+            .hold_if_delayed(id, exchange, method, message, waiters.as_deref_mut())
+            .await
+        else {
+            return;
+        };
         let (message, mut queues) = self.route(exchange, message);
         let message = Arc::new(message);
         // A reply to a direct reply-to address goes straight to the requester's channel.

@@ -48,6 +48,7 @@ impl VHost {
         }
         check_name("exchange", name)?;
         self.check_alternate_type(name, &config)?;
+        crate::exchange::delayed::validate(&config)?;
         let exchange = Arc::new(Exchange::new(name.clone(), config));
         if exchange.config.durable {
             let c = &exchange.config;
@@ -63,6 +64,11 @@ impl VHost {
         self.exchanges
             .write()
             .insert(name.clone(), Arc::clone(&exchange));
+        if exchange.kind() == crate::exchange::ExchangeType::Delayed {
+            if let Some(vhost) = self.this.upgrade() {
+                crate::exchange::delayed::start(&vhost, &exchange);
+            }
+        }
         Ok(exchange)
     }
 
