@@ -50,6 +50,9 @@ pub struct BrokerStorage {
     snapshot_entries: std::sync::atomic::AtomicU64,
     /// Off while the log is being replayed, so replaying does not append to it.
     recording: AtomicBool,
+    /// Set once the topology is restored: delayed exchanges route nothing before their
+    /// bindings and queues are back.
+    restored: tokio::sync::watch::Sender<bool>,
 }
 
 impl BrokerStorage {
@@ -89,6 +92,7 @@ impl BrokerStorage {
             next_paging_dir: Default::default(),
             snapshot_entries: Default::default(),
             recording: AtomicBool::new(false),
+            restored: tokio::sync::watch::Sender::new(false),
         };
         Ok((storage, topology))
     }
@@ -106,7 +110,13 @@ impl BrokerStorage {
         self.remove_orphan_queue_dirs(topology)?;
         self.remove_orphan_delayed_dirs(topology)?;
         self.recording.store(true, Ordering::Release);
+        self.restored.send_replace(true);
         Ok(())
+    }
+
+    /// Becomes true when the durable topology is restored (see [`Self::start_recording`]).
+    pub fn restored(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.restored.subscribe()
     }
 
     /// Appends a change to the definitions log (fsynced before returning). A failure is

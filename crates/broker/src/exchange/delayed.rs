@@ -182,6 +182,7 @@ struct Location {
     dir: PathBuf,
     segment_size_bytes: u64,
     syncer: Syncer,
+    restored: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Starts the scheduler of a just-created delayed exchange (recovering what its directory
@@ -202,6 +203,7 @@ pub(crate) fn start(vhost: &Arc<VHost>, exchange: &Arc<Exchange>) {
         dir: s.delayed_dir(vhost.name(), &exchange.name),
         segment_size_bytes: s.segment_size_bytes,
         syncer: s.syncer.clone(),
+        restored: s.restored(),
     });
     let scheduler = Scheduler {
         exchange: Arc::downgrade(exchange),
@@ -245,16 +247,25 @@ impl Scheduler {
             Some(location) => Some(lock_dir(&location.dir).await),
             None => None,
         };
+        let mut restored = location.as_ref().map(|l| l.restored.clone());
         let Some(mut store) = self.open(location).await else {
             return;
         };
+        // Messages that fell due while the broker was down wait for their bindings and
+        // queues to be restored too; publishes cannot arrive before then.
+        if let Some(restored) = restored.as_mut() {
+            if restored.wait_for(|done| *done).await.is_err() {
+                return;
+            }
+        }
         let ending = loop {
             let next_due = self.heap.peek().map(|Reverse(due)| due.due_ms);
             let may_fire = next_due.is_some() && self.in_flight.len() < BATCHES_IN_FLIGHT_MAX;
             let wake = tokio::time::Instant::now()
                 + Duration::from_millis(next_due.unwrap_or(0).saturating_sub(unix_ms()));
+            // Not biased: a flood of publishes must not keep due messages waiting, nor a
+            // backlog of due messages keep publishers waiting.
             tokio::select! {
-                biased;
                 () = deleted.notified() => break Ending::Deleted,
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     self.settled(&mut store, done.unwrap_or_default());
@@ -263,7 +274,11 @@ impl Scheduler {
                     Some(first) => self.take(&mut store, first, &mut rx),
                     None => break Ending::Closed,
                 },
-                () = tokio::time::sleep_until(wake), if may_fire => self.fire(&mut store).await,
+                () = tokio::time::sleep_until(wake), if may_fire => {
+                    if !self.fire(&mut store).await {
+                        break Ending::Closed;
+                    }
+                }
             }
         };
         self.pending.store(0, Ordering::Relaxed);
@@ -294,6 +309,7 @@ impl Scheduler {
                 dir,
                 segment_size_bytes,
                 syncer,
+                ..
             }) => {
                 let opening = tokio::task::spawn_blocking(move || {
                     let opened = DelayStore::open(&dir, segment_size_bytes, syncer);
@@ -368,11 +384,12 @@ impl Scheduler {
         store.commit(tickets);
     }
 
-    /// Routes the messages that are due (up to a batch), oldest due first.
-    async fn fire(&mut self, store: &mut DelayStore) {
+    /// Routes the messages that are due (up to a batch), oldest due first. `false`: the
+    /// exchange or its vhost is gone (the broker is stopping), so nothing can be routed.
+    async fn fire(&mut self, store: &mut DelayStore) -> bool {
         let now = unix_ms();
         let (Some(exchange), Some(vhost)) = (self.exchange.upgrade(), self.vhost.upgrade()) else {
-            return;
+            return false;
         };
         let mut fired = Vec::new();
         let mut confirmations = Vec::new();
@@ -397,16 +414,16 @@ impl Scheduler {
                 }
             }
         }
-        if fired.is_empty() {
-            return;
+        if !fired.is_empty() {
+            self.in_flight.spawn(async move {
+                for confirmation in confirmations {
+                    // A queue gone meanwhile drops its ticket: nothing more to wait for.
+                    let _ = confirmation.await;
+                }
+                fired
+            });
         }
-        self.in_flight.spawn(async move {
-            for confirmation in confirmations {
-                // A queue gone meanwhile drops its ticket: nothing more to wait for.
-                let _ = confirmation.await;
-            }
-            fired
-        });
+        true
     }
 
     /// Routes one held message as the plugin does: `x-delay` turned negative (so a delayed

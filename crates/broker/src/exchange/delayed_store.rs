@@ -81,7 +81,18 @@ impl DelayStore {
         segment_size_bytes: u64,
         syncer: Syncer,
     ) -> ferrymq_store::Result<Opened> {
-        let (log, recovered) = QueueLog::open_keeping(dir, segment_size_bytes, 0)?;
+        // Only 16 bytes per held message stay in memory, recovery included.
+        let mut held = Vec::new();
+        let mut next_seq = 0;
+        let (log, recovered) = QueueLog::open_visiting(dir, segment_size_bytes, 0, |message| {
+            next_seq = message.seq + 1;
+            match Due::at(message.expiry_ms, message.position) {
+                Some(due) => held.push(due),
+                None => {
+                    tracing::error!(position = ?message.position, "delayed message beyond segment 2^32 dropped")
+                }
+            }
+        })?;
         if recovered.corrupt_records > 0 || recovered.truncated_bytes > 0 {
             tracing::warn!(
                 dir = %dir.display(),
@@ -89,16 +100,6 @@ impl DelayStore {
                 truncated = recovered.truncated_bytes,
                 "delayed messages recovered with losses"
             );
-        }
-        let next_seq = recovered.messages.last().map_or(0, |m| m.seq + 1);
-        let mut held = Vec::with_capacity(recovered.messages.len());
-        for message in recovered.messages {
-            match Due::at(message.expiry_ms, message.position) {
-                Some(due) => held.push(due),
-                None => {
-                    tracing::error!(position = ?message.position, "delayed message beyond segment 2^32 dropped")
-                }
-            }
         }
         Ok(Opened {
             store: DelayStore::Disk { log, syncer },
