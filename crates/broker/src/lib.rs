@@ -8,6 +8,7 @@
 //! - [`direct_reply`]: `amq.rabbitmq.reply-to`, replies routed straight to a requesting channel.
 //! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
+//!   `delayed`: the `x-delayed-message` exchange's scheduler task, holding messages until due.
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
 //! - [`message`]: an immutable published message shared by every queue it reaches.

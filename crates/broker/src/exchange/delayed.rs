@@ -249,6 +249,7 @@ impl Scheduler {
         };
         let mut restored = location.as_ref().map(|l| l.restored.clone());
         let Some(mut store) = self.open(location).await else {
+            refuse_all(rx, &deleted).await;
             return;
         };
         // Messages that fell due while the broker was down wait for their bindings and
@@ -318,7 +319,7 @@ impl Scheduler {
                 match opening.await {
                     Ok((_, Ok(opened))) => opened,
                     Ok((dir, Err(e))) => {
-                        tracing::error!(error = %e, dir = %dir.display(), "opening a delayed exchange's store failed; its messages are routed at once");
+                        tracing::error!(error = %e, dir = %dir.display(), "opening a delayed exchange's store failed; publishes to it are nacked");
                         return None;
                     }
                     Err(e) => {
@@ -479,6 +480,24 @@ impl Scheduler {
             store.ack(due);
         }
         store.flush_acks();
+    }
+}
+
+/// A scheduler whose store could not be opened nacks what it is given (rather than
+/// confirm messages it cannot keep) until its exchange goes away.
+async fn refuse_all(mut rx: mpsc::Receiver<Held>, deleted: &Notify) {
+    loop {
+        tokio::select! {
+            () = deleted.notified() => return,
+            held = rx.recv() => match held {
+                Some(held) => {
+                    if let Some(ticket) = held.confirm {
+                        ticket.settle(false);
+                    }
+                }
+                None => return,
+            },
+        }
     }
 }
 
