@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferrymq_store::{Record, RecordKind, Syncer};
 use ferrymq_wire::{FieldTable, FieldValue, Properties, ShortStr};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::delayed_store::{lock_dir, DelayStore, Due, Opened};
@@ -138,7 +138,9 @@ struct Held {
 pub struct DelayedHandle {
     tx: mpsc::Sender<Held>,
     pending: Arc<AtomicU64>,
-    deleted: Arc<Notify>,
+    /// A state, not an event: the exchange object is dropped right after it is deleted,
+    /// and the scheduler must still tell deletion (drop the messages) from shutdown.
+    deleted: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Held {
@@ -172,8 +174,7 @@ impl DelayedHandle {
     }
 
     pub(super) fn exchange_deleted(&self) {
-        // A stored permit: the scheduler sees it even if it is not waiting right now.
-        self.deleted.notify_one();
+        self.deleted.send_replace(true);
     }
 }
 
@@ -190,11 +191,11 @@ struct Location {
 pub(crate) fn start(vhost: &Arc<VHost>, exchange: &Arc<Exchange>) {
     let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
     let pending = Arc::new(AtomicU64::new(0));
-    let deleted = Arc::new(Notify::new());
+    let (deleted, deleted_rx) = watch::channel(false);
     let handle = DelayedHandle {
         tx,
         pending: Arc::clone(&pending),
-        deleted: Arc::clone(&deleted),
+        deleted,
     };
     if exchange.delayed.set(handle).is_err() {
         return;
@@ -214,7 +215,7 @@ pub(crate) fn start(vhost: &Arc<VHost>, exchange: &Arc<Exchange>) {
         in_flight: JoinSet::new(),
         route_buf: Vec::new(),
     };
-    tokio::spawn(scheduler.run(location, rx, deleted));
+    tokio::spawn(scheduler.run(location, rx, deleted_rx));
 }
 
 struct Scheduler {
@@ -229,19 +230,12 @@ struct Scheduler {
     route_buf: Vec<Arc<QueueHandle>>,
 }
 
-enum Ending {
-    /// exchange.delete: the held messages go with the exchange.
-    Deleted,
-    /// The exchange object is gone (the broker is stopping): messages stay for the restart.
-    Closed,
-}
-
 impl Scheduler {
     async fn run(
         mut self,
         location: Option<Location>,
         mut rx: mpsc::Receiver<Held>,
-        deleted: Arc<Notify>,
+        mut deleted: watch::Receiver<bool>,
     ) {
         let _dir = match &location {
             Some(location) => Some(lock_dir(&location.dir).await),
@@ -249,7 +243,7 @@ impl Scheduler {
         };
         let mut restored = location.as_ref().map(|l| l.restored.clone());
         let Some(mut store) = self.open(location).await else {
-            refuse_all(rx, &deleted).await;
+            refuse_all(rx, deleted).await;
             return;
         };
         // Messages that fell due while the broker was down wait for their bindings and
@@ -259,7 +253,9 @@ impl Scheduler {
                 return;
             }
         }
-        let ending = loop {
+        // Runs until the exchange is deleted or its object dropped (shutdown, or right after
+        // a deletion: the mailbox may be seen closed before the deletion flag).
+        loop {
             let next_due = self.heap.peek().map(|Reverse(due)| due.due_ms);
             let may_fire = next_due.is_some() && self.in_flight.len() < BATCHES_IN_FLIGHT_MAX;
             let wake = tokio::time::Instant::now()
@@ -267,37 +263,38 @@ impl Scheduler {
             // Not biased: a flood of publishes must not keep due messages waiting, nor a
             // backlog of due messages keep publishers waiting.
             tokio::select! {
-                () = deleted.notified() => break Ending::Deleted,
+                // The guard `wait_for` returns must not live across the other branches' awaits.
+                _ = async { deleted.wait_for(|d| *d).await.is_ok() } => break,
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     self.settled(&mut store, done.unwrap_or_default());
                 }
                 held = rx.recv() => match held {
                     Some(first) => self.take(&mut store, first, &mut rx),
-                    None => break Ending::Closed,
+                    None => break,
                 },
                 () = tokio::time::sleep_until(wake), if may_fire => {
                     if !self.fire(&mut store).await {
-                        break Ending::Closed;
+                        break;
                     }
                 }
             }
-        };
+        }
         self.pending.store(0, Ordering::Relaxed);
-        match ending {
-            Ending::Deleted => {
-                self.in_flight.abort_all();
-                rx.close();
-                while let Ok(held) = rx.try_recv() {
-                    if let Some(ticket) = held.confirm {
-                        ticket.settle(true);
-                    }
+        let deleted = *deleted.borrow();
+        if deleted {
+            // exchange.delete: the held messages go with the exchange.
+            self.in_flight.abort_all();
+            rx.close();
+            while let Ok(held) = rx.try_recv() {
+                if let Some(ticket) = held.confirm {
+                    ticket.settle(true);
                 }
-                store.destroy();
             }
-            Ending::Closed => {
-                while let Some(done) = self.in_flight.join_next().await {
-                    self.settled(&mut store, done.unwrap_or_default());
-                }
+            store.destroy();
+        } else {
+            // The broker is stopping: the messages stay for the restart.
+            while let Some(done) = self.in_flight.join_next().await {
+                self.settled(&mut store, done.unwrap_or_default());
             }
         }
     }
@@ -485,10 +482,10 @@ impl Scheduler {
 
 /// A scheduler whose store could not be opened nacks what it is given (rather than
 /// confirm messages it cannot keep) until its exchange goes away.
-async fn refuse_all(mut rx: mpsc::Receiver<Held>, deleted: &Notify) {
+async fn refuse_all(mut rx: mpsc::Receiver<Held>, mut deleted: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            () = deleted.notified() => return,
+            _ = async { deleted.wait_for(|d| *d).await.is_ok() } => return,
             held = rx.recv() => match held {
                 Some(held) => {
                     if let Some(ticket) = held.confirm {
