@@ -594,6 +594,87 @@ mod tests {
         );
     }
 
+    /// A fresh directory under the system's temp dir (the crate has no tempfile).
+    fn scratch_dir(name: &str) -> PathBuf {
+        let unique = format!("ferrymq-{name}-{}-{}", std::process::id(), unix_ms());
+        let dir = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn overdue_messages_wait_until_the_topology_is_restored() {
+        use crate::exchange::Destination;
+        use crate::queue::QueueConfig;
+        use crate::storage::BrokerStorage;
+
+        let data_dir = scratch_dir("restore-gate");
+        let (syncer, _thread) = Syncer::start();
+        let (storage, topology) = BrokerStorage::open(&data_dir, syncer, 1 << 20, 64).unwrap();
+        // A message that fell due while the broker was down.
+        let (mut log, _) =
+            ferrymq_store::QueueLog::open(&storage.delayed_dir("/", "later"), 1 << 20).unwrap();
+        log.append(&Record {
+            kind: RecordKind::Persistent,
+            priority: 0,
+            seq: 0,
+            expiry_ms: unix_ms() - 1_000,
+            exchange: "later".into(),
+            routing_key: "k".into(),
+            properties: with_delay(FieldValue::I32(500)).into_bytes(),
+            body: "overdue".into(),
+        })
+        .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let storage = Arc::new(storage);
+        let vhost = crate::Broker::with_storage(Arc::clone(&storage)).add_vhost("/");
+        // Restoring: the exchange comes back before the queue and binding it routes to.
+        let mut arguments = FieldTable::new();
+        arguments.insert(DELAYED_TYPE_ARGUMENT, FieldValue::LongStr("direct".into()));
+        let exchange = vhost
+            .declare_exchange(&"later".into(), config(arguments), false)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queue_config = QueueConfig {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        };
+        let queue = vhost
+            .declare_queue(&"q".into(), queue_config, false, 0)
+            .await
+            .unwrap()
+            .queue;
+        vhost
+            .bind(
+                &exchange,
+                Destination::Queue(Arc::clone(&queue)),
+                "k".into(),
+                FieldTable::new(),
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            exchange.delayed_messages(),
+            1,
+            "held until the restore is over"
+        );
+        assert_eq!(queue.counts().await.unwrap().messages, 0);
+        storage.start_recording(&topology).unwrap();
+        let routed = async {
+            while queue.counts().await.unwrap().messages == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), routed)
+            .await
+            .unwrap();
+        assert_eq!(exchange.delayed_messages(), 0);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+
     fn config(arguments: FieldTable) -> ExchangeConfig {
         ExchangeConfig {
             kind: ExchangeType::Delayed,
