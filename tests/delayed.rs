@@ -340,6 +340,38 @@ async fn mandatory_delayed_publish_is_returned_at_once_and_still_delivered() {
 }
 
 #[tokio::test]
+async fn tx_commit_of_a_delayed_publish_returns_once_it_is_held() {
+    let broker = TestBroker::start().await;
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    within(ch.tx_select()).await.unwrap();
+    delayed_exchange(&ch, "later", "direct", true).await;
+    declare(&ch, "q").await;
+    bind(&ch, "q", "later", "k").await;
+    within(ch.basic_publish(
+        s("later"),
+        s("k"),
+        BasicPublishOptions::default(),
+        b"in a tx",
+        delay_props(Some(AMQPValue::LongInt(200))),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(pending(&broker, "later"), 0, "nothing before the commit");
+    within(ch.tx_commit()).await.unwrap();
+    assert_eq!(
+        pending(&broker, "later"),
+        1,
+        "held (and on disk) by commit-ok"
+    );
+    let mut deliveries = consumer(&ch, "q").await;
+    assert_eq!(
+        body(&next(&mut deliveries, Duration::from_secs(3)).await),
+        "in a tx"
+    );
+}
+
+#[tokio::test]
 async fn declare_without_a_valid_delayed_type_fails_as_in_rabbitmq() {
     let broker = TestBroker::start().await;
     let conn = lapin(&broker).await;
