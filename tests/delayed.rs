@@ -57,6 +57,17 @@ async fn delayed_exchange(ch: &Channel, name: &str, routing: &str, durable: bool
     .expect("delayed exchange declared");
 }
 
+/// A broker with a delayed direct exchange `later` routing key `k` to queue `q`, and a
+/// channel in confirm mode.
+async fn later_to_q(durable: bool) -> (TestBroker, Connection, Channel) {
+    let broker = TestBroker::start().await;
+    let (conn, ch) = channel(&broker).await;
+    delayed_exchange(&ch, "later", "direct", durable).await;
+    declare(&ch, "q").await;
+    bind(&ch, "q", "later", "k").await;
+    (broker, conn, ch)
+}
+
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     within(ch.queue_bind(
         s(queue),
@@ -145,11 +156,7 @@ async fn wait_for_pending(broker: &TestBroker, exchange: &str, expected: u64) {
 
 #[tokio::test]
 async fn direct_delayed_message_arrives_at_its_due_time_with_the_delay_negated() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    delayed_exchange(&ch, "later", "direct", true).await;
-    declare(&ch, "q").await;
-    bind(&ch, "q", "later", "k").await;
+    let (broker, _conn, ch) = later_to_q(true).await;
     let mut deliveries = consumer(&ch, "q").await;
     let mut worst = Duration::ZERO;
     for delay_ms in [150u64, 300, 450] {
@@ -243,11 +250,7 @@ async fn topic_fanout_and_headers_delayed_types_route_like_their_type() {
 
 #[tokio::test]
 async fn messages_leave_in_due_order_not_publish_order() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    delayed_exchange(&ch, "later", "direct", false).await;
-    declare(&ch, "q").await;
-    bind(&ch, "q", "later", "k").await;
+    let (broker, _conn, ch) = later_to_q(false).await;
     let delays = [700, 100, 500, 300, 600, 200, 400];
     let mut sent = std::collections::HashMap::new();
     for delay in delays {
@@ -275,11 +278,7 @@ async fn messages_leave_in_due_order_not_publish_order() {
 
 #[tokio::test]
 async fn without_a_positive_delay_messages_are_routed_at_once() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    delayed_exchange(&ch, "later", "direct", false).await;
-    declare(&ch, "q").await;
-    bind(&ch, "q", "later", "k").await;
+    let (broker, _conn, ch) = later_to_q(false).await;
     let cases = [
         ("no header", None),
         ("zero", Some(AMQPValue::LongInt(0))),
@@ -307,11 +306,7 @@ async fn without_a_positive_delay_messages_are_routed_at_once() {
 
 #[tokio::test]
 async fn mandatory_delayed_publish_is_returned_at_once_and_still_delivered() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    delayed_exchange(&ch, "later", "direct", false).await;
-    declare(&ch, "q").await;
-    bind(&ch, "q", "later", "k").await;
+    let (broker, _conn, ch) = later_to_q(false).await;
     let confirm = within(ch.basic_publish(
         s("later"),
         s("k"),
@@ -482,11 +477,7 @@ fn segment_files(dir: &std::path::Path) -> usize {
 
 #[tokio::test]
 async fn deleting_the_exchange_drops_its_held_messages_and_files() {
-    let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    delayed_exchange(&ch, "later", "direct", true).await;
-    declare(&ch, "q").await;
-    bind(&ch, "q", "later", "k").await;
+    let (broker, _conn, ch) = later_to_q(true).await;
     for i in 0..3 {
         publish_delayed(&ch, "later", "k", &format!("m{i}"), 300).await;
     }
