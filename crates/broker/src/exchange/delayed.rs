@@ -183,7 +183,7 @@ struct Location {
     dir: PathBuf,
     segment_size_bytes: u64,
     syncer: Syncer,
-    restored: tokio::sync::watch::Receiver<bool>,
+    restored: watch::Receiver<bool>,
 }
 
 /// Starts the scheduler of a just-created delayed exchange (recovering what its directory
