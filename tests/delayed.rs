@@ -10,8 +10,9 @@ use common::{declare, lapin, ready, reply_code, s, within, TestBroker};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
@@ -315,7 +316,10 @@ async fn mandatory_delayed_publish_is_returned_at_once_and_still_delivered() {
             ..Default::default()
         },
         b"m",
-        delay_props(Some(AMQPValue::LongInt(200))),
+        BasicProperties::default().with_headers(table(&[
+            ("x-delay", AMQPValue::LongInt(200)),
+            ("BCC", long("q")),
+        ])),
     ))
     .await
     .unwrap();
@@ -326,12 +330,25 @@ async fn mandatory_delayed_publish_is_returned_at_once_and_still_delivered() {
     };
     assert_eq!(returned.reply_code, 312);
     assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
+    let shown = returned.properties.headers().clone().unwrap();
+    assert!(shown.inner().get("BCC").is_none(), "BCC is never shown");
     assert_eq!(pending(&broker, "later"), 1);
-    let mut deliveries = consumer(&ch, "q").await;
-    assert_eq!(
-        body(&next(&mut deliveries, Duration::from_secs(3)).await),
-        "m"
-    );
+    wait_for_pending(&broker, "later", 0).await;
+    within(async {
+        while ready(&ch, "q").await == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Routed once though both its key and its BCC name `q`; BCC removed on release.
+    assert_eq!(ready(&ch, "q").await, 1);
+    let got = within(ch.basic_get(s("q"), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the delayed message");
+    assert_eq!(got.delivery.data, b"m");
+    let headers = got.delivery.properties.headers().clone().unwrap();
+    assert!(headers.inner().get("BCC").is_none());
 }
 
 #[tokio::test]
@@ -400,6 +417,32 @@ async fn declare_without_a_valid_delayed_type_fails_as_in_rabbitmq() {
     assert!(error
         .to_string()
         .contains("unknown exchange type 'nonsense'"));
+}
+
+#[tokio::test]
+async fn redeclare_compares_the_type_but_not_the_delayed_type() {
+    let broker = TestBroker::start().await;
+    let conn = lapin(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    delayed_exchange(&ch, "later", "direct", false).await;
+    // The plugin hands equivalence to the routing type, which compares alternate-exchange
+    // only: another x-delayed-type is accepted (the exchange keeps its own).
+    delayed_exchange(&ch, "later", "topic", false).await;
+    let error = within(ch.exchange_declare(
+        s("later"),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(reply_code(&error), Some(406), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("received 'direct' but current is 'x-delayed-message'"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

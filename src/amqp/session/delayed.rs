@@ -55,8 +55,15 @@ impl Session {
                 exchange: method.exchange.clone(),
                 routing_key: method.routing_key.clone(),
             };
+            // BCC stays in the held message (it routes at due time) but not in what the
+            // publisher gets back, as for any returned message.
+            let has_bcc = (message.properties.headers()).is_some_and(|h| h.contains_key("BCC"));
+            let shown = match has_bcc {
+                true => super::publish::without_bcc(message.clone()),
+                false => message.clone(),
+            };
             self.outbox.method(id, &Method::BasicReturn(returned));
-            self.outbox.content(id, &message.properties, &message.body);
+            self.outbox.content(id, &shown.properties, &shown.body);
         }
         scheduler.hold(message, delay_ms, confirm).await;
         None

@@ -444,7 +444,7 @@ fn string_array(value: Option<&FieldValue>) -> Vec<String> {
 
 /// Re-encodes the properties without the BCC header: the only time the broker rewrites
 /// properties on the publish path.
-fn without_bcc(mut message: Message) -> Message {
+pub(super) fn without_bcc(mut message: Message) -> Message {
     if let Ok(mut props) = message.properties.decode() {
         if let Some(headers) = props.headers.as_mut() {
             headers.remove("BCC");
