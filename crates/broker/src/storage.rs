@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::{BindingDefinition, Definition};
+use crate::exchange::ExchangeType;
 use crate::vhost::DestinationName;
 
 const QUEUES_DIR: &str = "queues";
@@ -171,7 +172,15 @@ impl BrokerStorage {
         let keep: HashSet<PathBuf> = topology
             .exchanges
             .iter()
-            .filter(|(_, d)| matches!(d, Definition::Exchange { kind, .. } if *kind == crate::exchange::ExchangeType::Delayed))
+            .filter(|(_, d)| {
+                matches!(
+                    d,
+                    Definition::Exchange {
+                        kind: ExchangeType::Delayed,
+                        ..
+                    }
+                )
+            })
             .map(|((vhost, name), _)| self.delayed_dir(vhost, name))
             .collect();
         for entry in entries {
