@@ -352,6 +352,26 @@ async fn mandatory_delayed_publish_is_returned_at_once_and_still_delivered() {
 }
 
 #[tokio::test]
+async fn confirm_of_a_held_message_follows_an_fdatasync() {
+    let (broker, _conn, ch) = later_to_q(true).await;
+    let vhost = broker.broker().vhost("/").unwrap();
+    let stats = &vhost.storage().expect("storage").syncer.stats;
+    let syncs = |stats: &ferrymq_store::commit::SyncStats| {
+        stats.fdatasyncs.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    // Transient too: the plugin keeps every held message on disk.
+    for mode in [1, 2] {
+        let before = syncs(stats);
+        let properties = delay_props(Some(AMQPValue::LongInt(60_000))).with_delivery_mode(mode);
+        assert!(publish(&ch, "later", "k", "m", properties).await.is_ack());
+        assert!(
+            syncs(stats) > before,
+            "acked before any fdatasync (mode {mode})"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tx_commit_of_a_delayed_publish_returns_once_it_is_held() {
     let broker = TestBroker::start().await;
     let conn = lapin(&broker).await;
