@@ -69,6 +69,16 @@ async fn later_to_q(durable: bool) -> (TestBroker, Connection, Channel) {
     (broker, conn, ch)
 }
 
+async fn durable_queue(ch: &Channel, name: &str) {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(ch.queue_declare(s(name), options, FieldTable::default()))
+        .await
+        .unwrap();
+}
+
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     within(ch.queue_bind(
         s(queue),
@@ -573,16 +583,7 @@ async fn held_messages_survive_a_restart_and_arrive_in_due_order() {
         let (_conn, ch) = channel(&broker).await;
         delayed_exchange(&ch, "later", "direct", true).await;
         delayed_exchange(&ch, "scratch", "direct", false).await;
-        within(ch.queue_declare(
-            s("q"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ))
-        .await
-        .unwrap();
+        durable_queue(&ch, "q").await;
         bind(&ch, "q", "later", "k").await;
         // Transient messages are held on disk too (the plugin keeps every held message).
         for (body, delay, mode) in [("c", 1600, 2), ("a", 1200, 1), ("b", 1400, 2)] {
@@ -627,16 +628,7 @@ async fn messages_due_while_the_broker_was_down_are_routed_promptly_in_due_order
     {
         let (_conn, ch) = channel(&broker).await;
         delayed_exchange(&ch, "later", "fanout", true).await;
-        within(ch.queue_declare(
-            s("q"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ))
-        .await
-        .unwrap();
+        durable_queue(&ch, "q").await;
         bind(&ch, "q", "later", "").await;
         for (i, delay) in [500, 300, 400, 200].into_iter().enumerate() {
             publish_delayed(&ch, "later", "", &format!("{delay}/{i}"), delay).await;
