@@ -5,7 +5,8 @@
 //!           │ tag │ vhost shortstr│ fields by tag                                │
 //!           │ u8  │ u8 len+bytes  │                                              │
 //!           └─────┴───────────────┴──────────────────────────────────────────────┘
-//!  1 exchange          name, type u8 (0 direct 1 fanout 2 topic 3 headers), flags u8
+//!  1 exchange          name, type u8 (0 direct 1 fanout 2 topic 3 headers
+//!                      4 x-delayed-message), flags u8
 //!                      (bit 0 auto_delete, bit 1 internal), arguments (AMQP table)
 //!  2 exchange deleted  name
 //!  3 queue             name, flags u8 (bit 0 auto_delete), arguments (AMQP table)
@@ -207,6 +208,7 @@ fn kind_code(kind: ExchangeType) -> u8 {
         ExchangeType::Headers => 3,
         // Not 4: codes are on disk forever, and other plugin types are being added beside.
         ExchangeType::Deduplication => 8,
+        ExchangeType::Delayed => 4,
     }
 }
 
@@ -217,6 +219,7 @@ fn kind_from_code(code: u8) -> Result<ExchangeType, DefinitionError> {
         2 => Ok(ExchangeType::Topic),
         3 => Ok(ExchangeType::Headers),
         8 => Ok(ExchangeType::Deduplication),
+        4 => Ok(ExchangeType::Delayed),
         other => Err(DefinitionError(format!("unknown exchange type {other}"))),
     }
 }

@@ -9,6 +9,7 @@
 //! - [`dedup`]: message deduplication (exchange type and queue argument of the plugin).
 //! - [`definitions`]: durable topology as commands for the definitions log.
 //! - [`exchange`]: exchange types and their routing indexes (`direct`, `fanout`, `topic`, `headers`).
+//!   `delayed`: the `x-delayed-message` exchange's scheduler task, holding messages until due.
 //! - [`queue`]: one task per queue owning its messages and consumers; [`queue::QueueHandle`] to talk to it.
 //! - [`client`]: how queues reach a connection (deliveries, confirms) and the credit that bounds it.
 //! - [`policy`]: RabbitMQ-style policies and the effective arguments they give.

@@ -10,6 +10,8 @@
 //!                                       folder is removed at every start
 //!  <data_dir>/dedup/<32 hex digits>.cache  a durable deduplication exchange's cache
 //!                                       (`x-cache-persistence: disk`), named like queues
+//!  <data_dir>/delayed/<32 hex digits>/  the messages an x-delayed-message exchange holds
+//!                                       (same naming as queues; see `exchange::delayed`)
 //! ```
 //!
 //! At start the log is folded into the topology it describes (later commands win, deleting
@@ -27,6 +29,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::{BindingDefinition, Definition};
+use crate::exchange::ExchangeType;
 use crate::vhost::DestinationName;
 
 const QUEUES_DIR: &str = "queues";
@@ -34,6 +37,7 @@ const QUEUES_DIR: &str = "queues";
 const COMPACT_SLACK_ENTRIES: u64 = 4096;
 const PAGING_DIR: &str = "paging";
 const DEDUP_DIR: &str = "dedup";
+const DELAYED_DIR: &str = "delayed";
 
 #[derive(Debug)]
 pub struct BrokerStorage {
@@ -50,6 +54,9 @@ pub struct BrokerStorage {
     snapshot_entries: std::sync::atomic::AtomicU64,
     /// Off while the log is being replayed, so replaying does not append to it.
     recording: AtomicBool,
+    /// Set once the topology is restored: delayed exchanges route nothing before their
+    /// bindings and queues are back.
+    restored: tokio::sync::watch::Sender<bool>,
 }
 
 impl BrokerStorage {
@@ -89,6 +96,7 @@ impl BrokerStorage {
             next_paging_dir: Default::default(),
             snapshot_entries: Default::default(),
             recording: AtomicBool::new(false),
+            restored: tokio::sync::watch::Sender::new(false),
         };
         Ok((storage, topology))
     }
@@ -105,8 +113,15 @@ impl BrokerStorage {
             .store(snapshot.len() as u64, Ordering::Relaxed);
         self.remove_orphan_queue_dirs(topology)?;
         self.remove_orphan_dedup_caches(topology)?;
+        self.remove_orphan_delayed_dirs(topology)?;
         self.recording.store(true, Ordering::Release);
+        self.restored.send_replace(true);
         Ok(())
+    }
+
+    /// Becomes true when the durable topology is restored (see [`Self::start_recording`]).
+    pub fn restored(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.restored.subscribe()
     }
 
     /// Appends a change to the definitions log (fsynced before returning). A failure is
@@ -162,6 +177,43 @@ impl BrokerStorage {
             if !keep.contains(&path) {
                 tracing::info!(file = %path.display(), "removing the cache of a deleted exchange");
                 std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a delayed exchange keeps its held messages.
+    pub fn delayed_dir(&self, vhost: &str, exchange: &str) -> PathBuf {
+        let hashed = self.queue_dir(vhost, exchange);
+        let name = hashed.file_name().unwrap_or_default();
+        self.data_dir.join(DELAYED_DIR).join(name)
+    }
+
+    /// Held messages of delayed exchanges that are not durable, or were deleted while the
+    /// broker went down, do not outlive the exchange.
+    fn remove_orphan_delayed_dirs(&self, topology: &Topology) -> std::io::Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join(DELAYED_DIR)) else {
+            return Ok(());
+        };
+        let keep: HashSet<PathBuf> = topology
+            .exchanges
+            .iter()
+            .filter(|(_, d)| {
+                matches!(
+                    d,
+                    Definition::Exchange {
+                        kind: ExchangeType::Delayed,
+                        ..
+                    }
+                )
+            })
+            .map(|((vhost, name), _)| self.delayed_dir(vhost, name))
+            .collect();
+        for entry in entries {
+            let path = entry?.path();
+            if !keep.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing the held messages of a deleted delayed exchange");
+                std::fs::remove_dir_all(&path)?;
             }
         }
         Ok(())

@@ -72,7 +72,26 @@ impl QueueLog {
         segment_size_bytes: u64,
         keep_records: usize,
     ) -> Result<(QueueLog, Recovered)> {
+        let mut messages = Vec::new();
+        let (log, mut recovered) =
+            Self::open_visiting(dir, segment_size_bytes, keep_records, |m| messages.push(m))?;
+        // Records are appended in seq order and segments are read in order.
+        debug_assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq));
+        recovered.messages = messages;
+        Ok((log, recovered))
+    }
+
+    /// Like [`QueueLog::open_keeping`], handing each live message to `visit` in log order
+    /// instead of collecting them (`Recovered::messages` stays empty): a caller that keeps
+    /// a few bytes per message never holds the ~60 a `RecoveredMessage` takes.
+    pub fn open_visiting(
+        dir: &Path,
+        segment_size_bytes: u64,
+        keep_records: usize,
+        mut visit: impl FnMut(RecoveredMessage),
+    ) -> Result<(QueueLog, Recovered)> {
         fs::create_dir_all(dir)?;
+        let mut visited = 0usize;
         let mut recovered = Recovered::default();
         let mut segments = BTreeMap::new();
         for number in list_segments(dir)? {
@@ -86,8 +105,9 @@ impl QueueLog {
                     seg.acked += 1;
                     return;
                 }
-                let keep = recovered.messages.len() < keep_records;
-                recovered.messages.push(RecoveredMessage {
+                let keep = visited < keep_records;
+                visited += 1;
+                visit(RecoveredMessage {
                     position: Position {
                         segment: number,
                         offset,
@@ -113,8 +133,6 @@ impl QueueLog {
             }
             segments.insert(number, seg);
         }
-        // Records are appended in seq order and segments are read in order.
-        debug_assert!(recovered.messages.windows(2).all(|w| w[0].seq < w[1].seq));
         let mut log = QueueLog {
             dir: dir.to_path_buf(),
             segment_size_bytes,
@@ -404,6 +422,28 @@ mod tests {
             log.read(later.position).unwrap(),
             record(7, RecordKind::Persistent, 8)
         );
+    }
+
+    #[test]
+    fn visiting_recovery_hands_out_live_messages_in_order_without_collecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = QueueLog::open(dir.path(), 1 << 20).unwrap();
+        let positions: Vec<Position> = (0..5)
+            .map(|seq| log.append(&record(seq, RecordKind::Persistent, 8)).unwrap())
+            .collect();
+        log.sync().unwrap();
+        log.ack(positions[1]).unwrap();
+        log.flush_acks().unwrap();
+        drop(log);
+        let mut seen = Vec::new();
+        let (_, recovered) = QueueLog::open_visiting(dir.path(), 1 << 20, 1, |m| {
+            seen.push((m.seq, m.position, m.record.is_some()))
+        })
+        .unwrap();
+        assert!(recovered.messages.is_empty());
+        let expected = [(0, true), (2, false), (3, false), (4, false)]
+            .map(|(seq, kept)| (seq, positions[seq as usize], kept));
+        assert_eq!(seen, expected);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod consume;
 mod definitions;
+mod delayed;
 mod publish;
 
 use std::collections::HashMap;

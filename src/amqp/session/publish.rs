@@ -208,6 +208,13 @@ impl Session {
         message: Message,
         mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
+        // An x-delayed-message exchange takes a message with an x-delay and routes it later.
+        let Some(message) = self
+            .hold_if_delayed(id, exchange, method, message, waiters.as_deref_mut())
+            .await
+        else {
+            return;
+        };
         let (message, mut queues, dedup) = self.route(exchange, message);
         let message = Arc::new(message);
         // A reply to a direct reply-to address goes straight to the requester's channel.
@@ -471,7 +478,7 @@ fn string_array(value: Option<&FieldValue>) -> Vec<String> {
 
 /// Re-encodes the properties without the BCC header: the only time the broker rewrites
 /// properties on the publish path.
-fn without_bcc(mut message: Message) -> Message {
+pub(super) fn without_bcc(mut message: Message) -> Message {
     if let Ok(mut props) = message.properties.decode() {
         if let Some(headers) = props.headers.as_mut() {
             headers.remove("BCC");

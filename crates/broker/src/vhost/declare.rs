@@ -48,6 +48,7 @@ impl VHost {
         }
         check_name("exchange", name)?;
         self.check_alternate_type(name, &config)?;
+        crate::exchange::delayed::validate(&config)?;
         let dedup = self.open_dedup_cache(name, &config)?;
         let arguments = self.effective_exchange_arguments(name, &config.arguments);
         let exchange =
@@ -66,6 +67,11 @@ impl VHost {
         self.exchanges
             .write()
             .insert(name.clone(), Arc::clone(&exchange));
+        if exchange.kind() == crate::exchange::ExchangeType::Delayed {
+            if let Some(vhost) = self.this.upgrade() {
+                crate::exchange::delayed::start(&vhost, &exchange);
+            }
+        }
         Ok(exchange)
     }
 

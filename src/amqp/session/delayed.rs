@@ -1,0 +1,71 @@
+//! Publishing to an `x-delayed-message` exchange: a message with a positive `x-delay` is
+//! handed to the exchange's scheduler instead of being routed now (see
+//! `ferrymq_broker::exchange::delayed`).
+
+use std::sync::Arc;
+
+use ferrymq_broker::exchange::{delayed, Exchange};
+use ferrymq_broker::queue::ConfirmTicket;
+use ferrymq_broker::Message;
+use ferrymq_wire::{BasicPublish, BasicReturn, Method, ShortStr};
+use tokio::sync::oneshot;
+
+use super::Session;
+use crate::amqp::error::code;
+
+impl Session {
+    /// Holds `message` if `exchange` delays it, and returns `None`; otherwise hands it back
+    /// to be routed now. The confirm (or tx.commit) waits until the message is on disk.
+    /// `mandatory` gets `basic.return 312 NO_ROUTE` at once, as with the plugin: nothing
+    /// is routed at publish time (the message is still delivered when due).
+    pub(super) async fn hold_if_delayed(
+        &mut self,
+        id: u16,
+        exchange: &Arc<Exchange>,
+        method: &BasicPublish,
+        message: Message,
+        waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
+    ) -> Option<Message> {
+        let Some(scheduler) = exchange.delayed() else {
+            return Some(message);
+        };
+        let Some(delay_ms) = delayed::delay_of(&message.properties) else {
+            return Some(message);
+        };
+        let channel = self.channel(id);
+        let epoch = channel.epoch;
+        let confirm = match (channel.confirms.as_mut().map(|c| c.register(1)), waiters) {
+            (Some(seq), _) => Some(ConfirmTicket::Channel {
+                client: Arc::clone(&self.client),
+                channel: id,
+                epoch,
+                seq,
+            }),
+            (None, Some(waiters)) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(rx);
+                Some(ConfirmTicket::Waiter(tx))
+            }
+            (None, None) => None,
+        };
+        if method.mandatory {
+            let returned = BasicReturn {
+                reply_code: code::NO_ROUTE,
+                reply_text: ShortStr::from_static("NO_ROUTE"),
+                exchange: method.exchange.clone(),
+                routing_key: method.routing_key.clone(),
+            };
+            // BCC stays in the held message (it routes at due time) but not in what the
+            // publisher gets back, as for any returned message.
+            let has_bcc = (message.properties.headers()).is_some_and(|h| h.contains_key("BCC"));
+            let shown = match has_bcc {
+                true => super::publish::without_bcc(message.clone()),
+                false => message.clone(),
+            };
+            self.outbox.method(id, &Method::BasicReturn(returned));
+            self.outbox.content(id, &shown.properties, &shown.body);
+        }
+        scheduler.hold(message, delay_ms, confirm).await;
+        None
+    }
+}
