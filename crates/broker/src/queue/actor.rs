@@ -146,7 +146,8 @@ pub(super) async fn run(
     let mut batch = Vec::new();
     while !state.deleted {
         // Timed work (expiries, consumer timeouts) wakes the task even when nobody writes.
-        let received = match state.next_deadline() {
+        let deadline = state.next_deadline();
+        let received = match deadline {
             Some(deadline) => {
                 tokio::select! {
                     n = rx.recv_many(&mut batch, MAILBOX_BATCH_COMMANDS_MAX) => Some(n),
@@ -158,7 +159,7 @@ pub(super) async fn run(
         if received == Some(0) {
             break;
         }
-        if received.is_none() || state.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        if received.is_none() || deadline.is_some_and(|d| d <= Instant::now()) {
             state.on_deadline(Instant::now());
         }
         for cmd in batch.drain(..) {
