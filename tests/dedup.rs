@@ -432,8 +432,15 @@ async fn a_durable_disk_cache_survives_a_restart_and_a_memory_one_does_not() {
     let broker = TestBroker::start().await;
     {
         let (_conn, ch) = confirming_channel(&broker).await;
-        for (name, persistence) in [("on-disk", "disk"), ("in-memory", "memory")] {
-            let args = table(&[size(10), ("x-cache-persistence", long_str(persistence))]);
+        for (name, persistence) in [
+            ("on-disk", Some("disk")),
+            ("in-memory", Some("memory")),
+            ("by-default", None),
+        ] {
+            let args = match persistence {
+                Some(p) => table(&[size(10), ("x-cache-persistence", long_str(p))]),
+                None => table(&[size(10)]),
+            };
             declare_dedup_exchange(&ch, name, true, args).await;
             let options = QueueDeclareOptions {
                 durable: true,
@@ -461,8 +468,11 @@ async fn a_durable_disk_cache_survives_a_restart_and_a_memory_one_does_not() {
     let persistent = || keyed("k").with_delivery_mode(2);
     publish_acked(&ch, "on-disk", "", "after", persistent()).await;
     publish_acked(&ch, "in-memory", "", "after", persistent()).await;
+    publish_acked(&ch, "by-default", "", "after", persistent()).await;
     assert_eq!(drain(&ch, "on-disk-q").await, ["before"]);
-    // As the plugin: `memory` (the default) does not outlive the broker.
+    // Beyond the plugin: a durable exchange keeps its cache on disk unless told `memory`.
+    assert_eq!(drain(&ch, "by-default-q").await, ["before"]);
+    // As the plugin: `memory` does not outlive the broker.
     assert_eq!(drain(&ch, "in-memory-q").await, ["before", "after"]);
 }
 

@@ -3,7 +3,8 @@
 //! - **Exchange level**: the exchange type `x-message-deduplication` routes like `fanout`,
 //!   but first drops a message whose key it has let through before, within the cache's TTL
 //!   and size (`x-cache-size` required, `x-cache-ttl` ms, `x-cache-persistence`
-//!   `memory`|`disk`). A per-message `x-cache-ttl` header overrides the exchange's TTL.
+//!   `memory`|`disk`, `disk` by default for a durable exchange). A per-message
+//!   `x-cache-ttl` header overrides the exchange's TTL.
 //! - **Queue level** (`x-message-deduplication: true` on a queue, see
 //!   [`crate::queue`]'s `dedup`): a message is dropped while one with the same key is in the
 //!   queue (ready or unacked).
@@ -128,7 +129,9 @@ fn now_ms() -> u64 {
 pub struct ExchangeSettings {
     pub cache_size: u64,
     pub ttl_ms: Option<u64>,
-    /// `x-cache-persistence: disk`; the default is `memory`.
+    /// `x-cache-persistence: disk`. Unlike the plugin (default `memory`), a durable
+    /// exchange keeps its cache on disk unless told `memory`: exactly-once publishing must
+    /// survive a restart.
     pub on_disk: bool,
 }
 
@@ -151,7 +154,7 @@ impl ExchangeSettings {
             })?),
         };
         let on_disk = match arguments.get("x-cache-persistence") {
-            None => false,
+            None => true,
             Some(FieldValue::LongStr(s)) if &s[..] == b"disk" => true,
             Some(FieldValue::LongStr(s)) if &s[..] == b"memory" => false,
             Some(_) => {
