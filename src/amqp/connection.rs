@@ -132,7 +132,8 @@ impl Connection {
             if let Some(frame) = frame::decode_frame(&mut self.read_buf, self.frame_max_bytes)? {
                 return Ok(Some(frame));
             }
-            self.read_buf.reserve(READ_CHUNK_BYTES);
+            // Handshake frames are small: a full chunk here would stay with every connection.
+            self.read_buf.reserve(READ_CHUNK_SMALL_BYTES);
             match self.stream.read_buf(&mut self.read_buf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
