@@ -9,7 +9,14 @@
 //!  entry: ┌──────────┬──────────┬──────────────────┐
 //!         │ size u32 │ crc u32  │ payload (size B) │   crc = CRC32C(payload), big-endian
 //!         └──────────┴──────────┴──────────────────┘
+//!  then zeroes to the end of the file: space written ahead (see below)
 //! ```
+//!
+//! The file is extended [`PREALLOCATE_BYTES`] at a time by writing zeroes, so an append
+//! overwrites space the file already has and its fdatasync need not commit a new file size
+//! (about 100 µs instead of 145 on this machine's disk; every durable declare pays it). A
+//! zero size and crc mark the end (no entry has an empty payload); bytes after the last entry
+//! that are not all zero are a torn write and are cut off at start.
 //!
 //! The payload is opaque here: the broker encodes its commands. Every append is fsynced
 //! before it returns (definitions change rarely and a declare-ok must mean "it will be
@@ -29,18 +36,26 @@ const MAGIC: &[u8; 8] = b"FMQDEF01";
 const ENTRY_PREFIX_BYTES: usize = 8;
 /// A definition command larger than this is corruption, not data.
 const ENTRY_SIZE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How far ahead of the last entry the file is extended with zeroes.
+pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct DefinitionsLog {
     path: PathBuf,
     file: File,
     entries: u64,
+    /// Where the next entry goes: the end of the last one.
+    end: u64,
+    /// The file's length (zeroes from `end` on).
+    allocated: u64,
 }
 
 /// What replay found.
 #[derive(Debug, Default)]
 pub struct Replay {
     pub entries: Vec<Bytes>,
+    /// Offset just past the last entry.
+    pub end: usize,
     pub corrupt_entries: u32,
     pub truncated_bytes: u64,
 }
@@ -61,30 +76,44 @@ impl DefinitionsLog {
         }
         let replay = parse_entries(&data);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let valid_len = data.len() as u64 - replay.truncated_bytes;
+        let mut allocated = data.len() as u64;
+        let end = replay.end as u64;
         if replay.truncated_bytes > 0 {
             tracing::warn!(
                 cut = replay.truncated_bytes,
                 "truncating a torn write at the end of definitions.log"
             );
-            file.set_len(valid_len)?;
+            file.set_len(end)?;
             file.sync_data()?;
+            allocated = end;
         }
         let log = DefinitionsLog {
             path,
             file,
             entries: replay.entries.len() as u64,
+            end,
+            allocated,
         };
         Ok((log, replay))
     }
 
     /// Appends one command and makes it durable.
     pub fn append(&mut self, payload: &[u8]) -> Result<()> {
+        // An empty payload would read back as the zeroes that end the log.
+        assert!(!payload.is_empty(), "definition entries are never empty");
         let mut entry = Vec::with_capacity(ENTRY_PREFIX_BYTES + payload.len());
         encode_entry(&mut entry, payload);
-        let end = self.file.metadata()?.len();
-        std::os::unix::fs::FileExt::write_all_at(&self.file, &entry, end)?;
+        let needed = self.end + entry.len() as u64;
+        if needed > self.allocated {
+            let grown = needed + PREALLOCATE_BYTES;
+            let zeroes = vec![0u8; (grown - self.allocated) as usize];
+            std::os::unix::fs::FileExt::write_all_at(&self.file, &zeroes, self.allocated)?;
+            self.allocated = grown;
+        }
+        std::os::unix::fs::FileExt::write_all_at(&self.file, &entry, self.end)?;
+        // Commits the new size too when the file was just extended; otherwise the data only.
         self.file.sync_data()?;
+        self.end = needed;
         self.entries += 1;
         Ok(())
     }
@@ -104,6 +133,8 @@ impl DefinitionsLog {
         write_snapshot(&self.path, snapshot)?;
         self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
         self.entries = snapshot.len() as u64;
+        self.end = self.file.metadata()?.len();
+        self.allocated = self.end;
         Ok(())
     }
 }
@@ -155,7 +186,11 @@ fn parse_entries(data: &Bytes) -> Replay {
             None => break,
         }
     }
-    replay.truncated_bytes = (data.len() - at) as u64;
+    replay.end = at;
+    // Zeroes are space written ahead; anything else is a torn write.
+    if data[at..].iter().any(|&b| b != 0) {
+        replay.truncated_bytes = (data.len() - at) as u64;
+    }
     replay
 }
 
@@ -165,6 +200,10 @@ fn entry_at(data: &Bytes, at: usize) -> Option<Result<(Bytes, usize), ()>> {
     let prefix = data.get(at..at + ENTRY_PREFIX_BYTES)?;
     let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_be_bytes(prefix[4..8].try_into().expect("4 bytes"));
+    if size == 0 && crc == 0 {
+        // The zeroes written ahead: the end of the log.
+        return None;
+    }
     if size > ENTRY_SIZE_MAX_BYTES {
         return Some(Err(()));
     }
@@ -224,16 +263,57 @@ mod tests {
         drop(log);
         let path = dir.path().join("definitions.log");
         let full = fs::read(&path).unwrap();
+        // The entries, without the zeroes written ahead of them.
+        let end = full.iter().rposition(|&b| b != 0).unwrap() + 1;
         let last = ENTRY_PREFIX_BYTES + b"second entry".len();
-        for cut in full.len() - last..full.len() {
+        for cut in end - last..end {
             fs::write(&path, &full[..cut]).unwrap();
-            let (_, replay) = DefinitionsLog::open(dir.path()).unwrap();
+            let (mut log, replay) = DefinitionsLog::open(dir.path()).unwrap();
             assert_eq!(payloads(&replay), vec![&b"first"[..]], "cut at {cut}");
+            // What is left of the torn entry is cut (or, if only zero bytes of it survived,
+            // overwritten): the next entry follows the first.
+            log.append(b"again").unwrap();
+            drop(log);
+            let (_, replay) = DefinitionsLog::open(dir.path()).unwrap();
             assert_eq!(
-                fs::metadata(&path).unwrap().len() as usize,
-                full.len() - last
+                payloads(&replay),
+                vec![&b"first"[..], b"again"],
+                "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn space_written_ahead_is_neither_an_entry_nor_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = DefinitionsLog::open(dir.path()).unwrap();
+        log.append(b"one").unwrap();
+        drop(log);
+        let path = dir.path().join("definitions.log");
+        let allocated = fs::metadata(&path).unwrap().len();
+        assert!(allocated >= PREALLOCATE_BYTES, "extended ahead");
+        let (mut log, replay) = DefinitionsLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&replay), vec![&b"one"[..]]);
+        assert_eq!(replay.truncated_bytes, 0);
+        log.append(b"two").unwrap();
+        drop(log);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            allocated,
+            "written in place"
+        );
+        // A torn write inside the space ahead: the garbage is cut, the entries stay.
+        let mut bytes = fs::read(&path).unwrap();
+        let end = MAGIC.len() + 2 * (ENTRY_PREFIX_BYTES + 3);
+        bytes[end + 2] = 0x55;
+        fs::write(&path, &bytes).unwrap();
+        let (mut log, replay) = DefinitionsLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&replay), vec![&b"one"[..], b"two"]);
+        assert!(replay.truncated_bytes > 0);
+        log.append(b"three").unwrap();
+        drop(log);
+        let (_, replay) = DefinitionsLog::open(dir.path()).unwrap();
+        assert_eq!(payloads(&replay), vec![&b"one"[..], b"two", b"three"]);
     }
 
     #[test]

@@ -62,6 +62,19 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// A deep copy whose byte strings own their bytes (see [`FieldTable::detached`]).
+    pub fn detached(&self) -> FieldValue {
+        match self {
+            FieldValue::LongStr(b) => FieldValue::LongStr(Bytes::copy_from_slice(b)),
+            FieldValue::Bytes(b) => FieldValue::Bytes(Bytes::copy_from_slice(b)),
+            FieldValue::Array(items) => {
+                FieldValue::Array(items.iter().map(FieldValue::detached).collect())
+            }
+            FieldValue::Table(table) => FieldValue::Table(table.detached()),
+            other => other.clone(),
+        }
+    }
+
     /// Any integer type widened to i64 (not timestamps, decimals or floats).
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
@@ -253,6 +266,17 @@ impl FieldTable {
         decode_entries(Cursor::new(entries, "field table"), 0)
     }
 
+    /// A deep copy whose strings own their bytes (see [`ShortStr::detached`]): for tables
+    /// kept for long, such as declare and bind arguments.
+    pub fn detached(&self) -> FieldTable {
+        FieldTable(
+            self.0
+                .iter()
+                .map(|(key, value)| (key.detached(), value.detached()))
+                .collect(),
+        )
+    }
+
     /// Writes the table with its u32 size, as a method argument or property.
     pub fn encode(&self, dst: &mut BytesMut) {
         crate::put::put_table(dst, self);
@@ -399,6 +423,33 @@ mod tests {
         let mut dst = BytesMut::new();
         t.encode_entries(&mut dst);
         dst.freeze()
+    }
+
+    #[test]
+    fn detached_tables_own_their_bytes() {
+        let frame = Bytes::from_static(b"..key-and-value..");
+        let mut nested = FieldTable::new();
+        nested.insert("n", FieldValue::LongStr(frame.slice(2..5)));
+        let mut table = FieldTable::new();
+        table.insert(
+            ShortStr::from_utf8(frame.slice(6..9)).unwrap(),
+            FieldValue::Array(vec![FieldValue::Table(nested)]),
+        );
+        let copy = table.detached();
+        assert_eq!(copy, table);
+        let within = |b: &[u8]| frame.as_ptr_range().contains(&b.as_ptr());
+        let (key, value) = copy.iter().next().unwrap();
+        assert!(!within(key.as_bytes()), "the key is a copy");
+        let FieldValue::Array(items) = value else {
+            panic!()
+        };
+        let FieldValue::Table(inner) = &items[0] else {
+            panic!()
+        };
+        let Some(FieldValue::LongStr(bytes)) = inner.get("n") else {
+            panic!()
+        };
+        assert!(!within(bytes), "nested strings are copies");
     }
 
     #[test]

@@ -67,6 +67,13 @@ impl ShortStr {
         Ok(ShortStr(Bytes::copy_from_slice(s.as_bytes())))
     }
 
+    /// A copy in an allocation of its own. A decoded shortstr is a slice of the frame it
+    /// came in, which keeps the whole read buffer alive: anything kept for long (queue and
+    /// exchange names, binding keys, consumer tags) is detached first.
+    pub fn detached(&self) -> ShortStr {
+        ShortStr(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn as_str(&self) -> &str {
         // SAFETY-free fast path is not worth an `unsafe`: from_utf8 on a
         // <=255-byte slice is a few nanoseconds, and the invariant makes the

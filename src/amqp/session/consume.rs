@@ -49,7 +49,8 @@ impl Session {
         let tag = if m.consumer_tag.is_empty() {
             generate_consumer_tag()
         } else {
-            m.consumer_tag.clone()
+            // Kept as long as the consumer lives: not as a slice of the read buffer.
+            m.consumer_tag.detached()
         };
         if channel.consumers.contains_key(&tag) {
             return Err(AmqpError::connection(
@@ -81,7 +82,7 @@ impl Session {
             prefetch_count,
             channel_credit,
             exclusive: m.exclusive,
-            arguments: m.arguments,
+            arguments: m.arguments.detached(),
             ack_timeout,
         };
         // Registered before the queue can deliver, so no delivery finds an unknown tag.
@@ -114,7 +115,8 @@ impl Session {
         let tag = if m.consumer_tag.is_empty() {
             generate_consumer_tag()
         } else {
-            m.consumer_tag.clone()
+            // Kept as long as the consumer lives: not as a slice of the read buffer.
+            m.consumer_tag.detached()
         };
         let channel = self.channel(id);
         if channel.reply_consumer.is_some() {

@@ -291,7 +291,7 @@ impl QueueState {
             QueueCmd::Publish { message, confirm } => self.publish(message, confirm),
             QueueCmd::Consume { consumer, reply } => {
                 self.last_used = Instant::now();
-                let _ = reply.send(self.add_consumer(consumer));
+                let _ = reply.send(self.add_consumer(*consumer));
             }
             QueueCmd::Cancel {
                 client,

@@ -96,6 +96,9 @@ pub struct QueueCounts {
     pub consumers: u32,
 }
 
+/// Every mailbox slot is this large, whatever it holds: keep the commands small.
+const _: () = assert!(std::mem::size_of::<QueueCmd>() <= 64);
+
 #[derive(Debug)]
 pub enum QueueCmd {
     Publish {
@@ -103,7 +106,9 @@ pub enum QueueCmd {
         confirm: Option<ConfirmTicket>,
     },
     Consume {
-        consumer: ConsumerSpec,
+        /// Boxed: every slot of a queue's mailbox is as large as the largest command, and
+        /// consumes are rare (a queue's mailbox is a large part of what a queue costs).
+        consumer: Box<ConsumerSpec>,
         reply: oneshot::Sender<Result<()>>,
     },
     Cancel {

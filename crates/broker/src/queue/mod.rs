@@ -155,6 +155,7 @@ impl QueueHandle {
 
     /// Registers a consumer; deliveries may start before this returns.
     pub async fn consume(&self, consumer: ConsumerSpec) -> Result<()> {
+        let consumer = Box::new(consumer);
         self.request(|reply| QueueCmd::Consume { consumer, reply })
             .await?
     }

@@ -61,6 +61,8 @@ impl VHost {
     ) -> Result<()> {
         check_not_default(source, &destination)?;
         source.validate_binding(&arguments)?;
+        // Kept while the binding lives: copies, not slices of a client's read buffer.
+        let (routing_key, arguments) = (routing_key.detached(), arguments.detached());
         let mut defs = self.definitions.lock();
         if source.is_deleted() {
             return Err(BrokerError::no_exchange(&source.name, &self.name));

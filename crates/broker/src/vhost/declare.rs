@@ -47,6 +47,12 @@ impl VHost {
             return Ok(existing);
         }
         check_name("exchange", name)?;
+        // Kept for the exchange's life: copies, not slices of a client's read buffer.
+        let name = &name.detached();
+        let config = ExchangeConfig {
+            arguments: config.arguments.detached(),
+            ..config
+        };
         self.check_alternate_type(name, &config)?;
         crate::exchange::delayed::validate(&config)?;
         let dedup = self.open_dedup_cache(name, &config)?;
@@ -187,7 +193,8 @@ impl VHost {
         let name = if name.is_empty() {
             generate_queue_name()
         } else {
-            check_name("queue", name).map(|()| name.clone())?
+            // Kept for the queue's life: a copy, not a slice of a client's read buffer.
+            check_name("queue", name).map(|()| name.detached())?
         };
         crate::queue::arguments::QueueArgs::validate(&config.arguments, &name, &self.name)?;
         let existing = {
@@ -199,6 +206,10 @@ impl VHost {
                         .this
                         .upgrade()
                         .ok_or_else(|| BrokerError::internal("vhost is shutting down"))?;
+                    let config = QueueConfig {
+                        arguments: config.arguments.detached(),
+                        ..config
+                    };
                     if config.durable {
                         self.record(|vhost| Definition::Queue {
                             vhost,
