@@ -40,6 +40,9 @@ const _: () = assert!(OUTBOX_READ_PAUSE_BYTES > OUTBOX_HIGH_WATERMARK_BYTES);
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// First reads of a connection: most connections are quiet, 110 KiB each adds up (S8).
 const READ_CHUNK_SMALL_BYTES: usize = 4 * 1024;
+/// The longest pause one read's publishes can earn under publisher pacing (the rest of the
+/// debt is forgiven): pacing slows a publisher down, it never stops one for long.
+const PACE_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// Queue events handled per wake-up before the outbox gets written.
 const EVENTS_PER_WAKEUP_MAX: usize = 1024;
 /// The AMQP 0-9 header ("AMQP" class 1, instance 1, version 0-9); RabbitMQ serves
@@ -224,6 +227,7 @@ impl Connection {
             exclusive_queues: Vec::new(),
             channel_epochs: 0,
             published: false,
+            pace_debt_ns: 0,
             timed_out: Vec::new(),
             settles: Default::default(),
             route_buf: Vec::new(),
@@ -301,6 +305,8 @@ impl Connection {
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
         let mut read_paused = false;
+        // Publisher pacing: the socket is not read before this (queue events still flow).
+        let mut paced_until: Option<Instant> = None;
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut alarms = self.server.alarms.clone();
         let mut alarms_live = true;
@@ -340,7 +346,9 @@ impl Connection {
             };
             let want_write = !session.outbox.is_empty();
             let take_events = session.outbox.queued_bytes() < OUTBOX_HIGH_WATERMARK_BYTES;
-            read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES || self.blocked;
+            read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES
+                || self.blocked
+                || paced_until.is_some();
             tokio::select! {
                 readable = self.stream.readable(), if !read_paused => {
                     if readable.is_err() {
@@ -351,6 +359,14 @@ impl Connection {
                         Ok(false) => {}
                         Err(end) => return end,
                     }
+                    let debt = std::mem::take(&mut session.pace_debt_ns);
+                    if debt > 0 {
+                        let pause = Duration::from_nanos(debt).min(PACE_PAUSE_MAX);
+                        paced_until = Some(Instant::now() + pause);
+                    }
+                }
+                _ = sleep_until(paced_until.unwrap_or(far_future)), if paced_until.is_some() => {
+                    paced_until = None;
                 }
                 writable = self.stream.writable(), if want_write => {
                     if writable.is_err() {

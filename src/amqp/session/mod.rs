@@ -60,6 +60,10 @@ pub struct Session {
     /// A basic.publish arrived since the connection last looked (resource alarms block
     /// connections that publish, as RabbitMQ does).
     pub published: bool,
+    /// Nanoseconds of pacing owed by publishes since the connection last looked: queues
+    /// whose consumers fall behind ask their publishers to slow down (see the broker's
+    /// `queue::pace`); the connection waits this long before reading on.
+    pub pace_debt_ns: u64,
     /// Channels to close for an ack timeout: (channel, epoch, timeout in ms). Events are
     /// handled where we cannot wait on queues, so closing waits for the connection loop.
     pub timed_out: Vec<(u16, u64, u64)>,

@@ -265,6 +265,7 @@ impl Session {
         }
         for queue in queues.drain(..) {
             let confirm = ticket(waiters.as_deref_mut());
+            self.pace_debt_ns += u64::from(queue.pace_ns());
             queue.publish(Arc::clone(&message), confirm).await;
         }
         self.route_buf = queues;

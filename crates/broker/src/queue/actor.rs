@@ -29,6 +29,7 @@ use super::consumer_args;
 use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dedup::QueueDedup;
+use super::pace::{Depth, PaceMeter};
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::priority::Levels;
 use super::QueueHandle;
@@ -95,6 +96,8 @@ struct QueueState {
     window: usize,
     /// Keys of the messages in the queue (`x-message-deduplication`).
     dedup: QueueDedup,
+    /// The consumers' recent pace, for publisher pacing.
+    pace: PaceMeter,
 }
 
 pub(super) async fn run(
@@ -134,6 +137,7 @@ pub(super) async fn run(
             .map_or(usize::MAX, |s| s.window_messages.max(1)),
         storage,
         dedup,
+        pace: PaceMeter::default(),
     };
     // A durable queue that never stored a message has no files yet: creating them at declare
     // time would cost every declare a mkdir and a file for nothing.
@@ -171,6 +175,7 @@ pub(super) async fn run(
         }
         if !state.deleted {
             state.dispatch();
+            state.update_pace();
         }
         if let Some(persist) = state.persist.as_mut() {
             persist.commit();
@@ -212,6 +217,22 @@ impl QueueState {
         }
         let acks = self.rules.deadlines.next_due();
         deadline.into_iter().chain(acks).min()
+    }
+
+    /// Publishes the pace publishers should keep (see `pace`): past a quarter of the
+    /// memory window, with consumers consuming, the consumers' rate.
+    fn update_pace(&mut self) {
+        let ready = self.backlog.len();
+        let depth = if self.consumers.is_empty() || ready <= self.window / 4 {
+            Depth::Shallow
+        } else if ready <= self.window {
+            Depth::Deep
+        } else {
+            Depth::Paging
+        };
+        if let Some(pace_ns) = self.pace.tick(Instant::now(), depth) {
+            self.handle.set_pace_ns(pace_ns);
+        }
     }
 
     /// Does the timed work due at `now`.
@@ -965,6 +986,7 @@ impl QueueState {
             let message = self.outgoing(&entry);
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
+            self.pace.delivered();
             spec.client.deliver(Delivery {
                 channel: spec.channel,
                 epoch: spec.epoch,

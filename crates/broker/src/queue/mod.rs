@@ -15,10 +15,11 @@ pub mod consumer_args;
 mod consumer_timeout;
 pub mod dead_letter;
 mod dedup;
+mod pace;
 mod persist;
 mod priority;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
 use ferrymq_wire::{FieldTable, ShortStr};
@@ -56,6 +57,8 @@ pub struct QueueHandle {
     pub arguments: FieldTable,
     tx: mpsc::Sender<QueueCmd>,
     deleted: AtomicBool,
+    /// Nanoseconds a publisher should wait per message it sends here (see `pace`).
+    pace_ns: AtomicU32,
 }
 
 impl QueueHandle {
@@ -74,6 +77,7 @@ impl QueueHandle {
             arguments,
             tx,
             deleted: AtomicBool::new(false),
+            pace_ns: AtomicU32::new(0),
         });
         let weak_vhost: Weak<VHost> = Arc::downgrade(vhost);
         // Only durable queues keep a log; a broker without storage keeps all in memory.
@@ -97,6 +101,16 @@ impl QueueHandle {
 
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+    }
+
+    /// How long a publisher should wait per message routed here: 0 unless the queue's
+    /// consumers fall behind (see [`pace`]).
+    pub fn pace_ns(&self) -> u32 {
+        self.pace_ns.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_pace_ns(&self, pace_ns: u32) {
+        self.pace_ns.store(pace_ns, Ordering::Relaxed);
     }
 
     pub fn is_exclusive(&self) -> bool {
