@@ -169,6 +169,9 @@ pub struct Channel {
     pub tx: Option<Transaction>,
     /// For the "" queue name shortcut of queue.bind, basic.consume, …
     pub last_queue: Option<ShortStr>,
+    /// The exchange the last publish went to: publishers mostly use one, and this spares
+    /// each publish a lookup under the vhost's lock.
+    pub last_exchange: Option<std::sync::Arc<ferrymq_broker::exchange::Exchange>>,
     /// The direct reply-to consumer: (consumer tag, the reply_to address handed out for it).
     pub reply_consumer: Option<(ShortStr, ShortStr)>,
 }
@@ -188,6 +191,7 @@ impl Channel {
             confirms: None,
             tx: None,
             last_queue: None,
+            last_exchange: None,
             reply_consumer: None,
         }
     }

@@ -128,6 +128,12 @@ impl Properties {
 
     /// A cursor at property `index`, if present. Malformed bytes read as absent.
     fn field(&self, index: usize) -> Option<Cursor> {
+        // Most properties asked about on the publish path are absent: answer from the
+        // first flags word without setting up a cursor (which clones the buffer handle).
+        let first = self.0.get(..2)?;
+        if u16::from_be_bytes([first[0], first[1]]) & flag(index) == 0 {
+            return None;
+        }
         let (mut c, flags) = self.start().ok()?;
         if flags & flag(index) == 0 {
             return None;

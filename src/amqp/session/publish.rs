@@ -136,10 +136,18 @@ impl Session {
         self.check_user_id(&properties)?;
         check_expiration(&properties)?;
         let properties = self.rewrite_reply_to(id, properties)?;
-        let exchange = self
-            .vhost
-            .exchange_or_404(&method.exchange)
-            .map_err(|e| AmqpError::from_broker(e, PUBLISH))?;
+        let exchange = match self.channel(id).last_exchange.as_ref() {
+            // Deleted (and maybe declared anew) since: look it up again.
+            Some(last) if last.name == method.exchange && !last.is_deleted() => Arc::clone(last),
+            _ => {
+                let found = self
+                    .vhost
+                    .exchange_or_404(&method.exchange)
+                    .map_err(|e| AmqpError::from_broker(e, PUBLISH))?;
+                self.channel(id).last_exchange = Some(Arc::clone(&found));
+                found
+            }
+        };
         if exchange.config.internal {
             return Err(AmqpError::channel(
                 code::ACCESS_REFUSED,

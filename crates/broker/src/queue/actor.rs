@@ -497,8 +497,13 @@ impl QueueState {
             return;
         }
         self.next_msg_id += 1;
-        let now = now_ms();
-        let (expires_at_ms, own_expiry) = self.expiry_of(&message, now);
+        // Reading the clock only for messages that can expire keeps it off the hot path.
+        let (expires_at_ms, own_expiry) =
+            if self.args.message_ttl_ms.is_some() || message.expiration_ms.is_some() {
+                self.expiry_of(&message, now_ms())
+            } else {
+                (0, false)
+            };
         let level = self.backlog.level_for(message.priority);
         let durable_queue = self
             .storage
@@ -586,11 +591,11 @@ impl QueueState {
     /// The next message to deliver (highest priority first), loading from disk when
     /// memory ran dry and dead-lettering expired ones on the way.
     fn next_ready(&mut self) -> Option<Entry> {
-        let now = now_ms();
+        let mut now = None;
         loop {
             let level = self.backlog.highest()?;
             let entry = self.take_from(level)?;
-            if entry.expires_at_ms != 0 && entry.expires_at_ms < now {
+            if entry.expires_at_ms != 0 && entry.expires_at_ms < *now.get_or_insert_with(now_ms) {
                 self.discard(entry, Reason::Expired);
                 continue;
             }
