@@ -8,24 +8,16 @@ use std::time::Duration;
 
 use common::{declare, ready, s, within, TestBroker};
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ExchangeBindOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 const DEDUP: &str = "x-message-deduplication";
 
-async fn confirming_channel(broker: &TestBroker) -> (Connection, Channel) {
-    let conn = common::lapin(broker).await;
-    let ch = conn.create_channel().await.unwrap();
-    within(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    (conn, ch)
-}
+use common::confirming_channel;
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();

@@ -7,25 +7,17 @@ mod common;
 use common::{declare, ready, s, within, TestBroker};
 use ferrymq::config::PolicyConfig;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 /// A policy written as it would be in the config file's `[[policies]]` table.
 fn policy(toml_text: &str) -> PolicyConfig {
     toml::from_str(toml_text).expect("a valid policy table")
 }
 
-async fn channel(broker: &TestBroker) -> (Connection, Channel) {
-    let conn = common::lapin(broker).await;
-    let ch = conn.create_channel().await.unwrap();
-    within(ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    (conn, ch)
-}
+use common::confirming_channel as channel;
 
 async fn exchange(ch: &Channel, name: &str, kind: ExchangeKind, durable: bool, args: FieldTable) {
     let options = ExchangeDeclareOptions {

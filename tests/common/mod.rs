@@ -94,6 +94,16 @@ impl TestBroker {
     }
 }
 
+/// A connection and a channel with publisher confirms on.
+pub async fn confirming_channel(broker: &TestBroker) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin(broker).await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.confirm_select(lapin::options::ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
 pub async fn lapin(broker: &TestBroker) -> lapin::Connection {
     lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default())
         .await

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use ferrymq_broker::exchange::{delayed, Exchange};
-use ferrymq_broker::queue::ConfirmTicket;
 use ferrymq_broker::Message;
-use ferrymq_wire::{BasicPublish, BasicReturn, Method, ShortStr};
+use ferrymq_wire::BasicPublish;
 use tokio::sync::oneshot;
 
+use super::publish::confirm_ticket;
 use super::Session;
-use crate::amqp::error::code;
 
 impl Session {
     /// Holds `message` if `exchange` delays it, and returns `None`; otherwise hands it back
@@ -34,27 +33,9 @@ impl Session {
         };
         let channel = self.channel(id);
         let epoch = channel.epoch;
-        let confirm = match (channel.confirms.as_mut().map(|c| c.register(1)), waiters) {
-            (Some(seq), _) => Some(ConfirmTicket::Channel {
-                client: Arc::clone(&self.client),
-                channel: id,
-                epoch,
-                seq,
-            }),
-            (None, Some(waiters)) => {
-                let (tx, rx) = oneshot::channel();
-                waiters.push(rx);
-                Some(ConfirmTicket::Waiter(tx))
-            }
-            (None, None) => None,
-        };
+        let confirm_seq = channel.confirms.as_mut().map(|c| c.register(1));
+        let confirm = confirm_ticket(&self.client, id, epoch, confirm_seq, waiters);
         if method.mandatory {
-            let returned = BasicReturn {
-                reply_code: code::NO_ROUTE,
-                reply_text: ShortStr::from_static("NO_ROUTE"),
-                exchange: method.exchange.clone(),
-                routing_key: method.routing_key.clone(),
-            };
             // BCC stays in the held message (it routes at due time) but not in what the
             // publisher gets back, as for any returned message.
             let has_bcc = (message.properties.headers()).is_some_and(|h| h.contains_key("BCC"));
@@ -62,8 +43,7 @@ impl Session {
                 true => super::publish::without_bcc(message.clone()),
                 false => message.clone(),
             };
-            self.outbox.method(id, &Method::BasicReturn(returned));
-            self.outbox.content(id, &shown.properties, &shown.body);
+            self.return_no_route(id, method, &shown);
         }
         scheduler.hold(message, delay_ms, confirm).await;
         None

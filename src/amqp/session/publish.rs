@@ -240,30 +240,12 @@ impl Session {
             .map(|c| c.register(confirm_parts(&queues, &dedup)));
         // A duplicate dropped by a deduplication exchange was handled, not unroutable.
         if queues.is_empty() && !replied && method.mandatory && !dedup.duplicate {
-            let returned = BasicReturn {
-                reply_code: code::NO_ROUTE,
-                reply_text: ShortStr::from_static("NO_ROUTE"),
-                exchange: method.exchange.clone(),
-                routing_key: method.routing_key.clone(),
-            };
-            self.outbox.method(id, &Method::BasicReturn(returned));
-            self.outbox.content(id, &message.properties, &message.body);
+            self.return_no_route(id, method, &message);
         }
-        let ticket =
-            |waiters: Option<&mut Vec<oneshot::Receiver<bool>>>| match (confirm_seq, waiters) {
-                (Some(seq), _) => Some(ConfirmTicket::Channel {
-                    client: Arc::clone(&self.client),
-                    channel: id,
-                    epoch,
-                    seq,
-                }),
-                (None, Some(waiters)) => {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.push(rx);
-                    Some(ConfirmTicket::Waiter(tx))
-                }
-                (None, None) => None,
-            };
+        let client = Arc::clone(&self.client);
+        let ticket = |waiters: Option<&mut Vec<oneshot::Receiver<bool>>>| {
+            confirm_ticket(&client, id, epoch, confirm_seq, waiters)
+        };
         if !dedup.writes.is_empty() {
             // Deduplication cache entries go to disk after the message: one confirm for all.
             let confirm = ticket(waiters.as_deref_mut());
@@ -449,6 +431,45 @@ fn confirm_parts(queues: &[Arc<QueueHandle>], dedup: &DedupOutcome) -> u32 {
         queues.len() as u32
     } else {
         1
+    }
+}
+
+impl Session {
+    /// basic.return 312 NO_ROUTE with the message, for a mandatory publish.
+    pub(super) fn return_no_route(&mut self, id: u16, method: &BasicPublish, message: &Message) {
+        let returned = BasicReturn {
+            reply_code: code::NO_ROUTE,
+            reply_text: ShortStr::from_static("NO_ROUTE"),
+            exchange: method.exchange.clone(),
+            routing_key: method.routing_key.clone(),
+        };
+        self.outbox.method(id, &Method::BasicReturn(returned));
+        self.outbox.content(id, &message.properties, &message.body);
+    }
+}
+
+/// Where a queue reports a publish as safely enqueued: the channel's confirm sequence
+/// number under publisher confirms, or a waiter of tx.commit; `None` when nobody asks.
+pub(super) fn confirm_ticket(
+    client: &Arc<ferrymq_broker::client::ClientHandle>,
+    channel: u16,
+    epoch: u64,
+    confirm_seq: Option<u64>,
+    waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
+) -> Option<ConfirmTicket> {
+    match (confirm_seq, waiters) {
+        (Some(seq), _) => Some(ConfirmTicket::Channel {
+            client: Arc::clone(client),
+            channel,
+            epoch,
+            seq,
+        }),
+        (None, Some(waiters)) => {
+            let (tx, rx) = oneshot::channel();
+            waiters.push(rx);
+            Some(ConfirmTicket::Waiter(tx))
+        }
+        (None, None) => None,
     }
 }
 
