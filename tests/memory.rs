@@ -2,6 +2,8 @@
 //! small however many messages wait. The broker runs as a child process so that its RSS
 //! (`VmRSS` in /proc/<pid>/status) is measured alone.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,18 +109,10 @@ async fn a_million_message_backlog_keeps_the_broker_small() {
     for confirm in pending.drain(..) {
         assert!(confirm.await.unwrap().is_ack());
     }
-    let declared = ch
-        .queue_declare(
-            "backlog".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(declared.message_count() as usize, BACKLOG_MESSAGES);
+    assert_eq!(
+        common::ready(&ch, "backlog").await as usize,
+        BACKLOG_MESSAGES
+    );
     let rss = rss_bytes(broker.0.id());
     eprintln!(
         "broker RSS with {BACKLOG_MESSAGES} messages of {BODY_BYTES} B waiting: {} MiB",

@@ -85,19 +85,8 @@ async fn a_backlog_beyond_the_window_drains_in_order_from_disk() {
     .await
     .unwrap();
     publish_n(&ch, "deep", 0..1000, BasicProperties::default()).await;
-    let declared = ch
-        .queue_declare(
-            "deep".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        declared.message_count(),
+        common::ready(&ch, "deep").await,
         1000,
         "paged messages count as ready"
     );

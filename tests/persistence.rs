@@ -172,10 +172,7 @@ async fn durable_definitions_survive_and_transient_ones_do_not() {
 async fn persistent_messages_survive_in_order_and_transient_ones_do_not() {
     let broker = TestBroker::start().await;
     {
-        let (_conn, ch) = channel(&broker).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (_conn, ch) = common::confirming_channel(&broker).await;
         ch.queue_declare("q".into(), durable(), FieldTable::default())
             .await
             .unwrap();
@@ -210,10 +207,7 @@ async fn persistent_messages_survive_in_order_and_transient_ones_do_not() {
 async fn acked_messages_stay_acked_and_unacked_ones_come_back_redelivered() {
     let broker = TestBroker::start().await;
     {
-        let (conn, ch) = channel(&broker).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (conn, ch) = common::confirming_channel(&broker).await;
         ch.queue_declare("q".into(), durable(), FieldTable::default())
             .await
             .unwrap();
@@ -237,16 +231,7 @@ async fn acked_messages_stay_acked_and_unacked_ones_come_back_redelivered() {
             .unwrap()
             .unwrap();
         // A passive declare is answered by the queue after it took the ack.
-        ch.queue_declare(
-            "q".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        common::ready(&ch, "q").await;
         conn.close(200, "bye".into()).await.unwrap();
     }
     let broker = broker.restart().await;
@@ -267,10 +252,7 @@ async fn acked_messages_stay_acked_and_unacked_ones_come_back_redelivered() {
 async fn purged_and_deleted_queues_leave_nothing_behind() {
     let broker = TestBroker::start().await;
     {
-        let (_conn, ch) = channel(&broker).await;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (_conn, ch) = common::confirming_channel(&broker).await;
         ch.queue_declare("purged".into(), durable(), FieldTable::default())
             .await
             .unwrap();
@@ -287,16 +269,7 @@ async fn purged_and_deleted_queues_leave_nothing_behind() {
         ch.queue_delete("deleted".into(), QueueDeleteOptions::default())
             .await
             .unwrap();
-        ch.queue_declare(
-            "purged".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        common::ready(&ch, "purged").await;
     }
     let broker = broker.restart().await;
     let (_conn, ch) = channel(&broker).await;
@@ -383,10 +356,7 @@ fn only_segment(data_dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 async fn publish_five(broker: &TestBroker) {
-    let (_conn, ch) = channel(broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_conn, ch) = common::confirming_channel(broker).await;
     ch.queue_declare("q".into(), durable(), FieldTable::default())
         .await
         .unwrap();
@@ -433,10 +403,7 @@ async fn a_torn_last_record_is_cut_off_and_the_queue_keeps_working() {
             std::fs::write(&path, &bytes[..at + 3]).unwrap();
         })
         .await;
-    let (_conn, ch) = channel(&broker).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_conn, ch) = common::confirming_channel(&broker).await;
     publish(&ch, "", "q", "after", persistent()).await;
     let got: Vec<String> = bodies(&ch, "q").await.into_iter().map(|(b, _)| b).collect();
     assert_eq!(got, vec!["body-0", "body-1", "body-2", "body-3", "after"]);

@@ -6,7 +6,7 @@
 //! buffer assembled from several body frames.
 
 use bytes::Bytes;
-use ferrymq_wire::{Properties, ShortStr};
+use ferrymq_wire::{FieldValue, Properties, ShortStr};
 
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -56,6 +56,27 @@ impl Message {
     /// What the message costs a queue in bytes (RabbitMQ counts the body only).
     pub fn body_size(&self) -> usize {
         self.body.len()
+    }
+}
+
+/// Now, in unix milliseconds: expiries, delays and cache entries are wall-clock times so
+/// that they keep running across a restart.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The strings of a sender-selected-distribution header (`CC`, `BCC`): an array of
+/// longstr, or a single longstr.
+pub fn header_strings(value: Option<&FieldValue>) -> Vec<String> {
+    match value {
+        Some(FieldValue::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(single) => single.as_str().map(str::to_string).into_iter().collect(),
+        None => Vec::new(),
     }
 }
 

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use ferrymq_broker::dedup::{DedupOutcome, DedupProbe};
 use ferrymq_broker::direct_reply::{REPLY_TO, REPLY_TO_PREFIX};
 use ferrymq_broker::exchange::Exchange;
+use ferrymq_broker::message::header_strings;
 use ferrymq_broker::queue::{ConfirmTicket, QueueCmd, QueueHandle, SettleAction};
 use ferrymq_broker::Message;
 use ferrymq_wire::{
-    BasicPublish, BasicReturn, ConfirmSelectOk, ContentHeader, FieldValue, Method, Properties,
-    ShortStr, TxCommitOk, TxRollbackOk, TxSelectOk,
+    BasicPublish, BasicReturn, ConfirmSelectOk, ContentHeader, Method, Properties, ShortStr,
+    TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
 use tokio::sync::oneshot;
@@ -242,9 +243,9 @@ impl Session {
         if queues.is_empty() && !replied && method.mandatory && !dedup.duplicate {
             self.return_no_route(id, method, &message);
         }
-        let client = Arc::clone(&self.client);
+        let client = &self.client;
         let ticket = |waiters: Option<&mut Vec<oneshot::Receiver<bool>>>| {
-            confirm_ticket(&client, id, epoch, confirm_seq, waiters)
+            confirm_ticket(client, id, epoch, confirm_seq, waiters)
         };
         if !dedup.writes.is_empty() {
             // Deduplication cache entries go to disk after the message: one confirm for all.
@@ -280,7 +281,7 @@ impl Session {
         };
         let extra = headers
             .as_ref()
-            .map(|h| (string_array(h.get("CC")), string_array(h.get("BCC"))));
+            .map(|h| (header_strings(h.get("CC")), header_strings(h.get("BCC"))));
         let mut dedup = DedupProbe::new(&message);
         {
             // On the stack: the routing key plus a few CC/BCC keys need no allocation.
@@ -488,21 +489,6 @@ fn check_expiration(properties: &Properties) -> AmqpResult {
             .map(|_| ())
             .map_err(|text| AmqpError::channel(code::PRECONDITION_FAILED, text, PUBLISH)),
         _ => Ok(()),
-    }
-}
-
-/// The string elements of a CC/BCC header (an array of longstr, or a single longstr).
-fn string_array(value: Option<&FieldValue>) -> Vec<String> {
-    match value {
-        Some(FieldValue::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(single) => single
-            .as_str()
-            .map(|s| vec![s.to_string()])
-            .unwrap_or_default(),
-        None => Vec::new(),
     }
 }
 

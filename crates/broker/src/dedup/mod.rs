@@ -25,13 +25,12 @@ pub mod cache;
 mod exchange;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferrymq_wire::{FieldTable, FieldValue};
 use sha2::{Digest, Sha256};
 
 use crate::error::{BrokerError, Result};
-use crate::message::Message;
+use crate::message::{unix_ms as now_ms, Message};
 pub use cache::{DedupCache, Key};
 pub use exchange::{DedupOutcome, ExchangeDedup, PendingWrite};
 
@@ -116,12 +115,6 @@ fn positive_integer(value: &FieldValue) -> Option<u64> {
         v => v.as_i64()?,
     };
     u64::try_from(n).ok().filter(|&n| n > 0)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A deduplication exchange's arguments, checked as the plugin checks them.

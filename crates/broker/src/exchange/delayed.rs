@@ -26,7 +26,7 @@ use std::collections::BinaryHeap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferrymq_store::{Record, RecordKind, Syncer};
 use ferrymq_wire::{FieldTable, FieldValue, Properties, ShortStr};
@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use super::delayed_store::{lock_dir, DelayStore, Due, Opened};
 use super::{Exchange, ExchangeConfig, ExchangeType};
 use crate::error::{BrokerError, Result};
-use crate::message::Message;
+use crate::message::{header_strings, unix_ms, Message};
 use crate::queue::{ConfirmTicket, QueueHandle};
 use crate::vhost::VHost;
 
@@ -118,12 +118,6 @@ fn header_delay(value: &FieldValue) -> Option<i64> {
     };
     // `as` saturates and maps NaN to 0, which is "no delay".
     float.is_finite().then_some(float.trunc() as i64)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A message on its way into the scheduler.
@@ -511,18 +505,13 @@ async fn refuse_all(mut rx: mpsc::Receiver<Held>, mut deleted: watch::Receiver<b
 }
 
 /// CC and BCC header keys (RabbitMQ's sender-selected distribution), routed with the key.
+/// The CC and BCC keys a message is routed with besides its routing key.
 fn sender_selected_keys(headers: &FieldTable) -> Vec<String> {
-    let mut keys = Vec::new();
-    for name in ["CC", "BCC"] {
-        match headers.get(name) {
-            Some(FieldValue::Array(items)) => {
-                keys.extend(items.iter().filter_map(|v| v.as_str().map(String::from)));
-            }
-            Some(single) => keys.extend(single.as_str().map(String::from)),
-            None => {}
-        }
-    }
-    keys
+    [
+        header_strings(headers.get("CC")),
+        header_strings(headers.get("BCC")),
+    ]
+    .concat()
 }
 
 /// The properties a held message is delivered with: `x-delay` set to minus the delay, as

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferrymq_store::Position;
 use ferrymq_wire::FieldValue;
@@ -35,7 +35,7 @@ use super::priority::Levels;
 use super::QueueHandle;
 use crate::client::{ClientEvent, ClientId, Delivery};
 use crate::error::{BrokerError, Result};
-use crate::message::Message;
+use crate::message::{unix_ms as now_ms, Message};
 use crate::vhost::VHost;
 
 /// Commands taken from the mailbox per wake-up before dispatching.
@@ -1038,13 +1038,6 @@ fn track_ack(
 ) -> Option<Instant> {
     let live = unacked.len();
     Some(deadlines.track(msg_id, timeout?, live, |id| unacked.get(&id)?.deadline))
-}
-
-/// Now as unix milliseconds: expiries are wall-clock times so they survive restarts.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Unreadable records (logged): without a length the rest of the run cannot be found

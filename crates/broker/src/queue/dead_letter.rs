@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 
 use ferrymq_wire::{FieldTable, FieldValue, ShortStr};
 
-use crate::message::Message;
+use crate::message::{header_strings, Message};
 use crate::queue::QueueHandle;
 use crate::vhost::VHost;
 
@@ -134,13 +134,7 @@ pub fn dead_lettered(
 /// The routing key and CC keys the message was published with (BCC was removed at publish).
 fn original_routing_keys(message: &Message, headers: &FieldTable) -> Vec<String> {
     let mut keys = vec![message.routing_key.to_string()];
-    match headers.get("CC") {
-        Some(FieldValue::Array(items)) => {
-            keys.extend(items.iter().filter_map(|v| v.as_str().map(str::to_string)))
-        }
-        Some(single) => keys.extend(single.as_str().map(str::to_string)),
-        None => {}
-    }
+    keys.extend(header_strings(headers.get("CC")));
     keys
 }
 

@@ -219,7 +219,7 @@ impl VHost {
                         });
                     }
                     let arguments = self.effective_queue_arguments(&name, &config.arguments);
-                    let queue = QueueHandle::spawn(name.clone(), &vhost, config.clone(), arguments);
+                    let queue = QueueHandle::spawn(name.clone(), &vhost, config, arguments);
                     self.queues.write().insert(name, Arc::clone(&queue));
                     return Ok(QueueDeclared {
                         queue,
