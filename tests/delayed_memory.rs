@@ -32,9 +32,10 @@ const DUE_SLACK_MS: u64 = 2_000;
 /// RSS growth allowed for the held messages: 16 bytes of heap entry each (32 with the
 /// heap's spare capacity) is 16-32 MiB; the rest is allocator and buffer slack.
 const RSS_GROWTH_MAX_BYTES: u64 = 64 << 20;
-/// RSS growth allowed while recovering them: the heap entries, plus one segment (32 MiB)
-/// read whole by the recovery scan. Recovery that kept ~60 B per message went to ~150 MiB.
-const RECOVERY_GROWTH_MAX_BYTES: u64 = 96 << 20;
+/// RSS growth allowed while recovering them: the heap entries (16 B each, doubled while the
+/// vector grows) and a 1 MiB read chunk. Recovery that kept ~60 B per message went to
+/// ~150 MiB, and one that read each 32 MiB segment whole to ~100 MiB.
+const RECOVERY_GROWTH_MAX_BYTES: u64 = 64 << 20;
 
 struct Broker(Child);
 

@@ -525,6 +525,48 @@ mod tests {
         assert_eq!(recovered.corrupt_records, 1);
     }
 
+    /// Recovery reads segments in chunks: records that straddle a chunk boundary, one larger
+    /// than a chunk, a corrupt record past the first chunk and a torn tail all come out as a
+    /// whole-file read would give them.
+    #[test]
+    fn recovery_reads_across_chunks_as_a_whole_file_read_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = QueueLog::open(dir.path(), 64 << 20).unwrap();
+        // 3,000 records of 1,000 to 1,999 bytes (about 4.5 MiB), one of 2.5 MiB among them.
+        let sizes: Vec<usize> = (0..3_000u64)
+            .map(|seq| match seq {
+                500 => 5 << 19,
+                _ => 1_000 + (seq as usize * 7_919) % 1_000,
+            })
+            .collect();
+        let positions: Vec<Position> = sizes
+            .iter()
+            .enumerate()
+            .map(|(seq, &len)| {
+                log.append(&record(seq as u64, RecordKind::Persistent, len))
+                    .unwrap()
+            })
+            .collect();
+        log.sync().unwrap();
+        drop(log);
+        let path = segment::segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        assert!(positions[2_000].offset > 4 << 20);
+        bytes[positions[2_000].offset as usize + 30] ^= 0xff;
+        // Cut the last record short.
+        bytes.truncate(positions[2_999].offset as usize + 100);
+        fs::write(&path, &bytes).unwrap();
+        let (_, recovered) = QueueLog::open(dir.path(), 64 << 20).unwrap();
+        let expected: Vec<u64> = (0..2_999).filter(|&seq| seq != 2_000).collect();
+        assert_eq!(seqs(&recovered), expected);
+        assert_eq!(recovered.corrupt_records, 1);
+        assert_eq!(recovered.truncated_bytes, 100);
+        for message in &recovered.messages {
+            assert_eq!(message.position, positions[message.seq as usize]);
+            assert_eq!(message.body_size as usize, sizes[message.seq as usize]);
+        }
+    }
+
     #[test]
     fn flush_for_sync_hands_out_each_written_segment_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -258,28 +258,132 @@ pub fn scan(dir: &Path, number: u64) -> Result<Scan> {
 
 /// Like [`scan`], handing each valid record to `visit` instead of collecting them, so a
 /// large segment is never held as a vector of records (`Scan::records` stays empty).
+///
+/// The file is read `SCAN_CHUNK_BYTES` at a time, so recovery holds a chunk of each segment
+/// (or one record, where a record is larger) rather than the whole file; records handed to
+/// `visit` share their chunk. Only a corrupt record makes the scan read the rest of the
+/// file at once, to search it for the next record that decodes.
 pub fn scan_with(dir: &Path, number: u64, mut visit: impl FnMut(u32, Record)) -> Result<Scan> {
-    let data = Bytes::from(fs::read(segment_path(dir, number))?);
+    let mut reader = ChunkReader::open(&segment_path(dir, number))?;
     let mut out = Scan::default();
-    let mut at = 0usize;
-    while at < data.len() {
-        match record::decode(&data.slice(at..)) {
+    loop {
+        let rest = reader.rest();
+        match record::decode(&rest) {
             Ok(Decoded::Record(record, len)) => {
-                visit(at as u32, record);
-                at += len;
-                out.valid_len = at as u64;
+                visit(reader.offset() as u32, record);
+                reader.advance(len);
+                out.valid_len = reader.offset();
             }
-            Ok(Decoded::Incomplete) => break,
-            Err(_) => match resync(&data, at + 1) {
-                Some(next) => {
-                    out.corrupt += 1;
-                    at = next;
-                }
-                None => break,
+            Ok(Decoded::Incomplete) => match whole_len(&rest) {
+                Some(wanted) if reader.fill(wanted)? => {}
+                // The end of what was written, or a torn record at the end of the file.
+                _ => break,
             },
+            Err(_) => {
+                reader.fill_to_end()?;
+                match resync(&reader.rest(), 1) {
+                    Some(next) => {
+                        out.corrupt += 1;
+                        reader.advance(next);
+                    }
+                    None => break,
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// How much of a segment file a scan reads at a time.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// The bytes a record that `decode` found incomplete needs in all, or `None` at the zeroes
+/// that follow the last record written.
+fn whole_len(src: &[u8]) -> Option<usize> {
+    if src.len() < RECORD_PREFIX_BYTES {
+        return Some(RECORD_PREFIX_BYTES);
+    }
+    let size = u32::from_be_bytes(src[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(src[4..8].try_into().expect("4 bytes"));
+    (size != 0 || crc != 0).then_some(RECORD_PREFIX_BYTES + size)
+}
+
+/// A file read forward in chunks: `rest` is what has been read from `offset` on.
+struct ChunkReader {
+    file: File,
+    /// The file's length when opened: a scanned segment is no longer written.
+    len: u64,
+    chunk: Bytes,
+    /// The file offset of `chunk[0]`.
+    base: u64,
+    /// How far into `chunk` the reader is.
+    at: usize,
+}
+
+impl ChunkReader {
+    fn open(path: &Path) -> Result<ChunkReader> {
+        let file = File::open(path)?;
+        Ok(ChunkReader {
+            len: file.metadata()?.len(),
+            file,
+            chunk: Bytes::new(),
+            base: 0,
+            at: 0,
+        })
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.at as u64
+    }
+
+    fn rest(&self) -> Bytes {
+        self.chunk.slice(self.at..)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.at += n;
+    }
+
+    /// Reads on until `rest` holds at least `wanted` bytes (and at least a chunk, where the
+    /// file has one); false when the file ends first.
+    fn fill(&mut self, wanted: usize) -> Result<bool> {
+        let kept = self.chunk.len() - self.at;
+        if kept >= wanted {
+            return Ok(true);
+        }
+        let file_at = self.base + self.chunk.len() as u64;
+        let unread = self.len.saturating_sub(file_at) as usize;
+        if kept + unread < wanted {
+            // A torn record: its size runs past the end of the file (no buffer that size).
+            return Ok(false);
+        }
+        let mut buf = vec![0; wanted.max(SCAN_CHUNK_BYTES).min(kept + unread)];
+        buf[..kept].copy_from_slice(&self.chunk[self.at..]);
+        let mut filled = kept;
+        while filled < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[filled..], file_at + (filled - kept) as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(filled);
+        self.base += self.at as u64;
+        self.at = 0;
+        self.chunk = Bytes::from(buf);
+        Ok(filled >= wanted)
+    }
+
+    /// Reads the whole rest of the file.
+    fn fill_to_end(&mut self) -> Result<()> {
+        let unread = self.len.saturating_sub(self.base + self.chunk.len() as u64) as usize;
+        self.fill(self.chunk.len() - self.at + unread)?;
+        Ok(())
+    }
 }
 
 /// The next offset at or after `from` where a whole valid record starts.
