@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use super::error::{code, AmqpError, AmqpResult, CloseReason};
 use super::handshake;
 use super::outbox::Outbox;
-use super::session::Session;
+use super::session::{Now, Session};
 use super::Server;
 
 /// Queue events are not taken while this much output waits for the socket; queues then
@@ -231,6 +231,7 @@ impl Connection {
             timed_out: Vec::new(),
             settles: Default::default(),
             route_buf: Vec::new(),
+            unfinished: None,
             heartbeat_s: tuned.heartbeat_s,
         }))
     }
@@ -439,13 +440,32 @@ impl Connection {
                 Ok(None) => break,
                 Err(e) => return Err(End::Close(close_reason(e.into()))),
             };
-            match self.handle_frame(session, frame).await {
+            // Channel 0 and heartbeats never take the fast path: it wants a channel.
+            let outcome = match session.handle_frame_now(frame) {
+                Ok(Now::Done) => {
+                    if session.unfinished.is_some() {
+                        session.finish_publish().await;
+                    }
+                    Ok(None)
+                }
+                Ok(Now::CloseChannel(id, reason)) => {
+                    session.close_channel_with(id, reason).await;
+                    Ok(None)
+                }
+                Ok(Now::Later(frame)) => self.handle_frame(session, frame).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
                 Ok(None) => {}
                 Ok(Some(end)) => return Err(end),
                 Err(e) => return Err(End::Close(close_reason(e))),
             }
             if std::mem::take(&mut session.published) {
                 self.block_if_alarmed(session);
+                // A publish that never waited spent none of the task's scheduling budget:
+                // spend it here, or a publisher with a full read buffer would starve the
+                // queue and consumer tasks sharing its worker thread.
+                tokio::task::consume_budget().await;
             }
         }
         session.flush_settles().await;

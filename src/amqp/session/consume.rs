@@ -371,7 +371,7 @@ impl Session {
     }
 
     /// basic.ack / nack / reject: in a transaction they wait for tx.commit.
-    pub(super) async fn settle(
+    pub(super) fn settle(
         &mut self,
         id: u16,
         tag: u64,
@@ -385,10 +385,10 @@ impl Session {
             // the commit, and a second ack of the same tag is unknown.
             return channel.mark_unacked(tag, multiple, kind, ids);
         }
-        self.settle_now(id, tag, multiple, kind, ids).await
+        self.settle_now(id, tag, multiple, kind, ids)
     }
 
-    pub(super) async fn settle_now(
+    pub(super) fn settle_now(
         &mut self,
         id: u16,
         tag: u64,
@@ -397,12 +397,12 @@ impl Session {
         ids: (u16, u16),
     ) -> AmqpResult {
         let taken = self.channel(id).take_unacked(tag, multiple, ids)?;
-        self.send_settles(id, taken, kind).await;
+        self.send_settles(id, taken, kind);
         Ok(())
     }
 
     /// basic.recover(requeue=true): everything unacked goes back to its queue.
-    pub(super) async fn basic_recover(
+    pub(super) fn basic_recover(
         &mut self,
         id: u16,
         requeue: bool,
@@ -419,7 +419,7 @@ impl Session {
         }
         // Deliveries acked in an open transaction are settled as far as recover goes.
         let taken: Vec<Unacked> = self.channel(id).take_unsettled();
-        self.send_settles(id, taken, SettleKind::Requeue).await;
+        self.send_settles(id, taken, SettleKind::Requeue);
         if reply {
             self.outbox
                 .method(id, &Method::BasicRecoverOk(BasicRecoverOk));

@@ -9,15 +9,15 @@ use ferrymq_broker::Message;
 use ferrymq_wire::BasicPublish;
 use tokio::sync::oneshot;
 
-use super::publish::confirm_ticket;
+use super::publish::{confirm_ticket, Unfinished};
 use super::Session;
 
 impl Session {
-    /// Holds `message` if `exchange` delays it, and returns `None`; otherwise hands it back
-    /// to be routed now. The confirm (or tx.commit) waits until the message is on disk.
+    /// Holds `message` if `exchange` delays it (through [`Session::finish_publish`]), and
+    /// returns `None`; otherwise hands it back to be routed now. The confirm (or tx.commit) waits until the message is on disk.
     /// `mandatory` gets `basic.return 312 NO_ROUTE` at once, as with the plugin: nothing
     /// is routed at publish time (the message is still delivered when due).
-    pub(super) async fn hold_if_delayed(
+    pub(super) fn hold_if_delayed(
         &mut self,
         id: u16,
         exchange: &Arc<Exchange>,
@@ -25,9 +25,9 @@ impl Session {
         message: Message,
         waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) -> Option<Message> {
-        let Some(scheduler) = exchange.delayed() else {
+        if exchange.delayed().is_none() {
             return Some(message);
-        };
+        }
         let Some(delay_ms) = delayed::delay_of(&message.properties) else {
             return Some(message);
         };
@@ -45,7 +45,12 @@ impl Session {
             };
             self.return_no_route(id, method, &shown);
         }
-        scheduler.hold(message, delay_ms, confirm).await;
+        self.leave_unfinished(Unfinished::Held {
+            exchange: Arc::clone(exchange),
+            message,
+            delay_ms,
+            confirm,
+        });
         None
     }
 }

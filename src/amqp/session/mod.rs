@@ -20,7 +20,7 @@ use ferrymq_broker::vhost::VHost;
 use ferrymq_wire::{ChannelClose, ChannelCloseOk, ChannelFlowOk, ChannelOpenOk, Frame, Method};
 use tokio::sync::mpsc;
 
-use super::channel::{Channel, ChannelState};
+use super::channel::{Channel, ChannelState, SettleKind};
 use super::error::{code, AmqpError, AmqpResult, CloseReason};
 use super::outbox::Outbox;
 use super::Server;
@@ -55,6 +55,9 @@ pub struct Session {
     pub channel_epochs: u64,
     /// The queues of the publish being routed, kept to reuse its allocation.
     pub route_buf: Vec<Arc<QueueHandle>>,
+    /// What the last publish left to wait for (a full mailbox, a delayed exchange,
+    /// deduplication writes): finished before the next frame (see `finish_publish`).
+    pub(crate) unfinished: Option<publish::Unfinished>,
     /// Acks, nacks and rejects not yet sent to their queues (see `PendingSettles`).
     pub settles: PendingSettles,
     /// A basic.publish arrived since the connection last looked (resource alarms block
@@ -69,7 +72,74 @@ pub struct Session {
     pub timed_out: Vec<(u16, u64, u64)>,
 }
 
+/// What [`Session::handle_frame_now`] did with a frame.
+pub enum Now {
+    /// Handled; what a publish left to wait for is finished by [`Session::finish_publish`].
+    Done,
+    /// A channel error: the channel is to be closed with [`Session::close_channel_with`].
+    CloseChannel(u16, CloseReason),
+    /// Not a frame handled without waiting: it goes to [`Session::handle_frame`].
+    Later(Frame),
+}
+
 impl Session {
+    /// Handles, without building a future, the frames a busy connection mostly gets: a
+    /// publish with its content frames, and acks, nacks and rejects. Handing every frame
+    /// to an `async fn` costs a copy of a future of several KiB per frame (the largest
+    /// method handler sets its size). Everything else comes back as [`Now::Later`].
+    pub fn handle_frame_now(&mut self, frame: Frame) -> AmqpResult<Now> {
+        let (id, ids) = match &frame {
+            Frame::Method {
+                channel,
+                method:
+                    method @ (Method::BasicPublish(_)
+                    | Method::BasicAck(_)
+                    | Method::BasicNack(_)
+                    | Method::BasicReject(_)),
+            } => (*channel, (method.class_id(), method.method_id())),
+            Frame::Header { channel, .. } | Frame::Body { channel, .. } => (*channel, (0, 0)),
+            _ => return Ok(Now::Later(frame)),
+        };
+        let is_method = matches!(frame, Frame::Method { .. });
+        // Only acks may overtake acks gathered earlier (see `handle_frame`).
+        let is_settle = is_method && ids != PUBLISH_IDS;
+        let open = self
+            .channels
+            .get(&id)
+            .filter(|c| c.state != ChannelState::Closing && !(is_method && c.publish.is_some()));
+        if open.is_none() || (!is_settle && !self.settles.is_empty()) {
+            return Ok(Now::Later(frame));
+        }
+        let result = match frame {
+            Frame::Method { method, .. } => match method {
+                Method::BasicPublish(m) => self.basic_publish(id, m),
+                Method::BasicAck(m) => {
+                    self.settle(id, m.delivery_tag, m.multiple, SettleKind::Ack, ids)
+                }
+                Method::BasicReject(m) => {
+                    self.settle(id, m.delivery_tag, false, requeue_kind(m.requeue), ids)
+                }
+                Method::BasicNack(m) => {
+                    self.settle(id, m.delivery_tag, m.multiple, requeue_kind(m.requeue), ids)
+                }
+                other => {
+                    return Ok(Now::Later(Frame::Method {
+                        channel: id,
+                        method: other,
+                    }))
+                }
+            },
+            Frame::Header { header, .. } => self.content_header(id, header),
+            Frame::Body { payload, .. } => self.content_body(id, payload),
+            other => return Ok(Now::Later(other)),
+        };
+        match result {
+            Ok(()) => Ok(Now::Done),
+            Err(AmqpError::Channel(reason)) => Ok(Now::CloseChannel(id, reason)),
+            Err(e) => Err(with_method(e, ids)),
+        }
+    }
+
     /// Handles one frame on a non-zero channel. Channel errors are handled here (the
     /// channel is closed); a connection error is returned.
     pub async fn handle_frame(&mut self, frame: Frame) -> AmqpResult {
@@ -84,6 +154,17 @@ impl Session {
         ) {
             self.flush_settles().await;
         }
+        let frame = match self.handle_frame_now(frame)? {
+            Now::Done => {
+                self.finish_publish().await;
+                return Ok(());
+            }
+            Now::CloseChannel(id, reason) => {
+                self.close_channel_with(id, reason).await;
+                return Ok(());
+            }
+            Now::Later(frame) => frame,
+        };
         let (id, method_ids) = match &frame {
             Frame::Method { channel, method } => {
                 (*channel, (method.class_id(), method.method_id()))
@@ -99,7 +180,11 @@ impl Session {
         if channel.state == ChannelState::Closing {
             return self.while_closing(id, frame);
         }
-        match self.dispatch(id, frame).await {
+        // Content frames on an open channel were taken by `handle_frame_now`.
+        let Frame::Method { method, .. } = frame else {
+            return Ok(());
+        };
+        match self.dispatch(id, method).await {
             Err(AmqpError::Channel(reason)) => {
                 self.close_channel_with(id, reason).await;
                 Ok(())
@@ -160,23 +245,17 @@ impl Session {
         Ok(())
     }
 
-    async fn dispatch(&mut self, id: u16, frame: Frame) -> AmqpResult {
-        match frame {
-            Frame::Method { method, .. } => {
-                if self.channels[&id].publish.is_some() {
-                    return Err(AmqpError::connection(
-                        code::UNEXPECTED_FRAME,
-                        format!("expected content header for class 60, got non content header frame instead (channel {id})"),
-                        // RabbitMQ names the publish whose content was interrupted.
-                        PUBLISH_IDS,
-                    ));
-                }
-                self.method(id, method).await
-            }
-            Frame::Header { header, .. } => self.content_header(id, header).await,
-            Frame::Body { payload, .. } => self.content_body(id, payload).await,
-            Frame::Heartbeat { .. } => Ok(()),
+    /// A method on an open channel, other than those `handle_frame_now` takes.
+    async fn dispatch(&mut self, id: u16, method: Method) -> AmqpResult {
+        if self.channels[&id].publish.is_some() {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!("expected content header for class 60, got non content header frame instead (channel {id})"),
+                // RabbitMQ names the publish whose content was interrupted.
+                PUBLISH_IDS,
+            ));
         }
+        self.method(id, method).await
     }
 
     async fn method(&mut self, id: u16, method: Method) -> AmqpResult {
@@ -222,31 +301,12 @@ impl Session {
             Method::QueueUnbind(m) => self.queue_unbind(id, m),
             Method::QueuePurge(m) => self.queue_purge(id, m).await,
             Method::QueueDelete(m) => self.queue_delete(id, m).await,
-            Method::BasicPublish(m) => self.basic_publish(id, m),
             Method::BasicQos(m) => self.basic_qos(id, m),
             Method::BasicConsume(m) => self.basic_consume(id, m).await,
             Method::BasicCancel(m) => self.basic_cancel(id, m).await,
             Method::BasicGet(m) => self.basic_get(id, m).await,
-            Method::BasicAck(m) => {
-                self.settle(
-                    id,
-                    m.delivery_tag,
-                    m.multiple,
-                    super::channel::SettleKind::Ack,
-                    ids,
-                )
-                .await
-            }
-            Method::BasicReject(m) => {
-                self.settle(id, m.delivery_tag, false, requeue_kind(m.requeue), ids)
-                    .await
-            }
-            Method::BasicNack(m) => {
-                self.settle(id, m.delivery_tag, m.multiple, requeue_kind(m.requeue), ids)
-                    .await
-            }
-            Method::BasicRecover(m) => self.basic_recover(id, m.requeue, true, ids).await,
-            Method::BasicRecoverAsync(m) => self.basic_recover(id, m.requeue, false, ids).await,
+            Method::BasicRecover(m) => self.basic_recover(id, m.requeue, true, ids),
+            Method::BasicRecoverAsync(m) => self.basic_recover(id, m.requeue, false, ids),
             Method::ConfirmSelect(m) => self.confirm_select(id, m.nowait, ids),
             Method::TxSelect(_) => self.tx_select(id, ids),
             Method::TxCommit(_) => self.tx_commit(id, ids).await,
@@ -444,11 +504,11 @@ impl PendingSettles {
     }
 }
 
-fn requeue_kind(requeue: bool) -> super::channel::SettleKind {
+fn requeue_kind(requeue: bool) -> SettleKind {
     if requeue {
-        super::channel::SettleKind::Requeue
+        SettleKind::Requeue
     } else {
-        super::channel::SettleKind::Discard
+        SettleKind::Discard
     }
 }
 

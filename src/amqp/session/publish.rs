@@ -49,7 +49,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn content_header(&mut self, id: u16, header: ContentHeader) -> AmqpResult {
+    pub(super) fn content_header(&mut self, id: u16, header: ContentHeader) -> AmqpResult {
         let size_max = self.server.config.message_size_max_bytes;
         let channel = self.channel(id);
         let Some(pending) = channel.publish.as_mut().filter(|p| p.properties.is_none()) else {
@@ -83,12 +83,12 @@ impl Session {
         pending.body_size = header.body_size;
         pending.properties = Some(header.properties);
         if pending.is_complete() {
-            return self.complete_publish(id).await;
+            return self.complete_publish(id);
         }
         Ok(())
     }
 
-    pub(super) async fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult {
+    pub(super) fn content_body(&mut self, id: u16, payload: Bytes) -> AmqpResult {
         let channel = self.channel(id);
         let Some(pending) = channel.publish.as_mut().filter(|p| p.properties.is_some()) else {
             // After a publish the frame is its missing header: name the publish (RabbitMQ).
@@ -118,12 +118,14 @@ impl Session {
             pending.parts.push(payload);
         }
         if pending.is_complete() {
-            return self.complete_publish(id).await;
+            return self.complete_publish(id);
         }
         Ok(())
     }
 
-    async fn complete_publish(&mut self, id: u16) -> AmqpResult {
+    /// Routes a publish whose content is complete. What has to wait (see [`Unfinished`]) is
+    /// left for [`Session::finish_publish`], which runs before the next frame.
+    fn complete_publish(&mut self, id: u16) -> AmqpResult {
         // Checked by the connection after this frame: under an alarm it blocks now, with
         // the message whole.
         self.published = true;
@@ -171,8 +173,7 @@ impl Session {
             tx.publishes.push((exchange, method, message));
             return Ok(());
         }
-        self.route_and_enqueue(id, &exchange, &method, message, None)
-            .await;
+        self.route_and_enqueue(id, &exchange, &method, message, None);
         Ok(())
     }
 
@@ -209,7 +210,9 @@ impl Session {
         }
     }
 
-    async fn route_and_enqueue(
+    /// Routes a message and enqueues it wherever a mailbox has room; the rest goes into
+    /// `self.unfinished`.
+    fn route_and_enqueue(
         &mut self,
         id: u16,
         exchange: &Arc<Exchange>,
@@ -218,9 +221,8 @@ impl Session {
         mut waiters: Option<&mut Vec<oneshot::Receiver<bool>>>,
     ) {
         // An x-delayed-message exchange takes a message with an x-delay and routes it later.
-        let Some(message) = self
-            .hold_if_delayed(id, exchange, method, message, waiters.as_deref_mut())
-            .await
+        let Some(message) =
+            self.hold_if_delayed(id, exchange, method, message, waiters.as_deref_mut())
         else {
             return;
         };
@@ -250,16 +252,71 @@ impl Session {
         if !dedup.writes.is_empty() {
             // Deduplication cache entries go to disk after the message: one confirm for all.
             let confirm = ticket(waiters.as_deref_mut());
-            dedup
-                .enqueue_then_record(&mut queues, &message, confirm)
-                .await;
+            self.leave_unfinished(Unfinished::Dedup {
+                dedup,
+                queues,
+                message,
+                confirm,
+            });
+            return;
         }
+        let mut full = Vec::new();
         for queue in queues.drain(..) {
             let confirm = ticket(waiters.as_deref_mut());
             self.pace_debt_ns += u64::from(queue.pace_ns());
-            queue.publish(Arc::clone(&message), confirm).await;
+            if let Err(cmd) = queue.try_publish(Arc::clone(&message), confirm) {
+                full.push((queue, cmd));
+            }
+        }
+        if !full.is_empty() {
+            self.leave_unfinished(Unfinished::Sends(full));
         }
         self.route_buf = queues;
+    }
+
+    pub(super) fn leave_unfinished(&mut self, work: Unfinished) {
+        debug_assert!(
+            self.unfinished.is_none(),
+            "the last publish was not finished"
+        );
+        self.unfinished = Some(work);
+    }
+
+    /// Does what the last publish left to wait for. Called before the next frame is
+    /// handled, so a queue receives one connection's publishes in order.
+    pub async fn finish_publish(&mut self) {
+        match self.unfinished.take() {
+            None => {}
+            Some(Unfinished::Sends(sends)) => {
+                for (queue, cmd) in sends {
+                    queue.send(cmd).await;
+                }
+            }
+            Some(Unfinished::Dedup {
+                dedup,
+                mut queues,
+                message,
+                confirm,
+            }) => {
+                dedup
+                    .enqueue_then_record(&mut queues, &message, confirm)
+                    .await;
+            }
+            Some(Unfinished::Held {
+                exchange,
+                message,
+                delay_ms,
+                confirm,
+            }) => match exchange.delayed() {
+                Some(scheduler) => scheduler.hold(message, delay_ms, confirm).await,
+                // Never: the scheduler is set when the exchange is declared.
+                None => {
+                    if let Some(ticket) = confirm {
+                        ticket.settle(false);
+                    }
+                }
+            },
+        }
     }
 
     /// Routes with the routing key plus any CC/BCC header keys; BCC is removed from the
@@ -343,15 +400,15 @@ impl Session {
         let Transaction { publishes } = std::mem::take(tx);
         let mut waiters = Vec::new();
         for (exchange, method, message) in publishes {
-            self.route_and_enqueue(id, &exchange, &method, message, Some(&mut waiters))
-                .await;
+            self.route_and_enqueue(id, &exchange, &method, message, Some(&mut waiters));
+            self.finish_publish().await;
         }
         // commit-ok means the persistent publishes are on disk, as after a confirm.
         for waiter in waiters {
             let _ = waiter.await;
         }
         for (kind, taken) in self.channel(id).take_marked() {
-            self.send_settles(id, taken, kind).await;
+            self.send_settles(id, taken, kind);
         }
         self.outbox.method(id, &Method::TxCommitOk(TxCommitOk));
         Ok(())
@@ -368,7 +425,7 @@ impl Session {
     }
 
     /// Sends settle commands, grouped per queue, for deliveries removed from a channel.
-    pub(super) async fn send_settles(
+    pub(super) fn send_settles(
         &mut self,
         id: u16,
         taken: Vec<crate::amqp::channel::Unacked>,
@@ -423,6 +480,27 @@ impl Session {
             }
         }
     }
+}
+
+/// The part of a publish that has to wait, left by the synchronous publish path (which
+/// handles most frames without building a future) for [`Session::finish_publish`].
+pub(crate) enum Unfinished {
+    /// Queues whose mailbox was full, with the publish command each still needs.
+    Sends(Vec<(Arc<QueueHandle>, QueueCmd)>),
+    /// Deduplication cache entries to write once the queues confirm the message.
+    Dedup {
+        dedup: DedupOutcome,
+        queues: Vec<Arc<QueueHandle>>,
+        message: Arc<Message>,
+        confirm: Option<ConfirmTicket>,
+    },
+    /// A message for a delayed exchange's scheduler.
+    Held {
+        exchange: Arc<Exchange>,
+        message: Message,
+        delay_ms: u64,
+        confirm: Option<ConfirmTicket>,
+    },
 }
 
 /// How many confirmations a publish waits for: one per queue, or a single one when
