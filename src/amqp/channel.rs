@@ -4,7 +4,9 @@
 //! client has not settled yet (by delivery tag), publisher-confirm sequence numbers, and the
 //! transaction buffer. The session (`session/`) drives it and talks to the broker core.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -159,8 +161,8 @@ pub struct Channel {
     pub publish: Option<PendingPublish>,
     next_delivery_tag: u64,
     pub unacked: VecDeque<Unacked>,
-    /// consumer tag → its queue
-    pub consumers: HashMap<ShortStr, Arc<QueueHandle>>,
+    /// consumer tag → its queue (looked up per delivery; see `Session::channels` on the hash)
+    pub consumers: FxHashMap<ShortStr, Arc<QueueHandle>>,
     /// basic.qos(global=false): prefetch for consumers started from now on.
     pub consumer_prefetch: u32,
     /// basic.qos(global=true): shared by every consumer of the channel.
@@ -185,7 +187,7 @@ impl Channel {
             publish: None,
             next_delivery_tag: 0,
             unacked: VecDeque::new(),
-            consumers: HashMap::new(),
+            consumers: FxHashMap::default(),
             consumer_prefetch: 0,
             credit: Arc::new(ChannelCredit::default()),
             confirms: None,

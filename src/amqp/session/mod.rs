@@ -10,7 +10,7 @@ mod definitions;
 mod delayed;
 mod publish;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use ferrymq_broker::auth::User;
@@ -44,7 +44,9 @@ pub struct Session {
     pub client: Arc<ClientHandle>,
     pub events: mpsc::UnboundedReceiver<ClientEvent>,
     pub outbox: Outbox,
-    pub channels: HashMap<u16, Channel>,
+    /// Looked up several times per frame; keys chosen by the client can only slow its own
+    /// connection, so a fast hash without flood resistance will do.
+    pub channels: FxHashMap<u16, Channel>,
     pub channel_max: u16,
     pub frame_max_bytes: u32,
     pub heartbeat_s: u16,

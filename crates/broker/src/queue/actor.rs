@@ -11,7 +11,9 @@
 //! kept in an index by expiry and removed from the middle on time (RabbitMQ only expires
 //! at the head).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -76,7 +78,8 @@ struct QueueState {
     dead_letters: Vec<Message>,
     /// When the queue was last used (x-expires): consumed from, fetched from, declared.
     last_used: Instant,
-    unacked: HashMap<u64, Unacked>,
+    /// Keyed by our own message ids, so a fast hash without flood resistance will do.
+    unacked: FxHashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
     /// Round-robin position in `consumers`.
     cursor: usize,
@@ -123,7 +126,7 @@ pub(super) async fn run(
         expiring: BTreeMap::new(),
         dead_letters: Vec::new(),
         last_used: Instant::now(),
-        unacked: HashMap::new(),
+        unacked: FxHashMap::default(),
         consumers: Vec::new(),
         cursor: 0,
         rules: ConsumerRules::default(),
@@ -1032,7 +1035,7 @@ impl QueueState {
 /// Starts the ack clock of a delivery that has a timeout; its deadline goes in `Unacked`.
 fn track_ack(
     deadlines: &mut AckDeadlines,
-    unacked: &HashMap<u64, Unacked>,
+    unacked: &FxHashMap<u64, Unacked>,
     msg_id: u64,
     timeout: Option<AckTimeout>,
 ) -> Option<Instant> {

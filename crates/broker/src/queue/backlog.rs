@@ -11,7 +11,9 @@
 //!
 //! A priority queue has one backlog per priority level (see [`super::priority`]).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use ferrymq_store::Position;
@@ -91,7 +93,7 @@ pub struct Backlog {
     paged_count: usize,
     requeued: BTreeMap<u64, Entry>,
     /// Ids still in `fresh` or `paged` that left out of order: skipped when reached.
-    removed: HashSet<u64>,
+    removed: FxHashSet<u64>,
     bytes: usize,
 }
 
@@ -314,7 +316,7 @@ impl Backlog {
 
     /// Removes every ready message and returns them (purge, delete), with the ids inside
     /// the paged runs that left earlier (their records are acked already).
-    pub fn take_all(&mut self) -> (Vec<Entry>, Vec<PagedRun>, HashSet<u64>) {
+    pub fn take_all(&mut self) -> (Vec<Entry>, Vec<PagedRun>, FxHashSet<u64>) {
         let removed = std::mem::take(&mut self.removed);
         let mut all: Vec<Entry> = self
             .fresh
