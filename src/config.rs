@@ -92,6 +92,8 @@ settings! {
     /// Time a delivery may stay unacked before its channel is closed (406), in ms; 0 = no limit.
     /// Queues (`x-consumer-timeout`) and consumers (same argument) override it.
     consumer_timeout_ms ("FERRYMQ_CONSUMER_TIMEOUT_MS"): u64 = 0,
+    /// Threads running connections and queues; 0 = one per CPU core (RabbitMQ's `+S`).
+    worker_threads ("FERRYMQ_WORKER_THREADS"): usize = 0,
     /// Vhost created at start when the file declares none.
     default_vhost ("FERRYMQ_DEFAULT_VHOST"): String = "/".to_string(),
     /// User created at start when the file declares none (only from loopback if "guest").
