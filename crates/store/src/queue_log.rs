@@ -353,6 +353,21 @@ mod tests {
         }
     }
 
+    /// Appends persistent records with these body sizes (seq = index) and syncs them.
+    fn write_persistent(dir: &Path, segment_size_bytes: u64, sizes: &[usize]) -> Vec<Position> {
+        let (mut log, _) = QueueLog::open(dir, segment_size_bytes).unwrap();
+        let positions = sizes
+            .iter()
+            .enumerate()
+            .map(|(seq, &len)| {
+                log.append(&record(seq as u64, RecordKind::Persistent, len))
+                    .unwrap()
+            })
+            .collect();
+        log.sync().unwrap();
+        positions
+    }
+
     fn seqs(recovered: &Recovered) -> Vec<u64> {
         recovered.messages.iter().map(|m| m.seq).collect()
     }
@@ -507,15 +522,7 @@ mod tests {
     #[test]
     fn corrupt_middle_record_is_skipped_and_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = QueueLog::open(dir.path(), 1 << 20).unwrap();
-        let positions: Vec<Position> = (0..5)
-            .map(|seq| {
-                log.append(&record(seq, RecordKind::Persistent, 40))
-                    .unwrap()
-            })
-            .collect();
-        log.sync().unwrap();
-        drop(log);
+        let positions = write_persistent(dir.path(), 1 << 20, &[40; 5]);
         let path = segment::segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
         bytes[positions[2].offset as usize + 20] ^= 0xff;
@@ -531,7 +538,6 @@ mod tests {
     #[test]
     fn recovery_reads_across_chunks_as_a_whole_file_read_would() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = QueueLog::open(dir.path(), 64 << 20).unwrap();
         // 3,000 records of 1,000 to 1,999 bytes (about 4.5 MiB), one of 2.5 MiB among them.
         let sizes: Vec<usize> = (0..3_000u64)
             .map(|seq| match seq {
@@ -539,16 +545,7 @@ mod tests {
                 _ => 1_000 + (seq as usize * 7_919) % 1_000,
             })
             .collect();
-        let positions: Vec<Position> = sizes
-            .iter()
-            .enumerate()
-            .map(|(seq, &len)| {
-                log.append(&record(seq as u64, RecordKind::Persistent, len))
-                    .unwrap()
-            })
-            .collect();
-        log.sync().unwrap();
-        drop(log);
+        let positions = write_persistent(dir.path(), 64 << 20, &sizes);
         let path = segment::segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();
         assert!(positions[2_000].offset > 4 << 20);
