@@ -5,8 +5,6 @@
 //! transaction buffer. The session (`session/`) drives it and talks to the broker core.
 
 use std::collections::{BTreeMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,6 +13,8 @@ use ferrymq_broker::exchange::Exchange;
 use ferrymq_broker::queue::QueueHandle;
 use ferrymq_broker::Message;
 use ferrymq_wire::{BasicPublish, Properties, ShortStr};
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::error::{code, AmqpError, AmqpResult};
 
@@ -214,7 +214,7 @@ impl Channel {
         tag: u64,
         multiple: bool,
         method: (u16, u16),
-    ) -> AmqpResult<Vec<Unacked>> {
+    ) -> AmqpResult<SmallVec<[Unacked; 1]>> {
         debug_assert!(
             self.unacked.iter().all(|u| u.in_tx.is_none()),
             "settled at once only outside transactions"
@@ -226,6 +226,7 @@ impl Channel {
         if multiple {
             return Ok(self.unacked.drain(..=at).collect());
         }
+        // One delivery (an ack per message is the common case): no allocation.
         Ok(self.unacked.remove(at).into_iter().collect())
     }
 

@@ -471,14 +471,14 @@ impl PendingSettles {
         queue: Arc<QueueHandle>,
         channel: u16,
         action: SettleAction,
-        msg_ids: Vec<u64>,
+        msg_id: u64,
     ) {
         let same = |(q, c, a, _): &&mut (Arc<QueueHandle>, u16, SettleAction, Vec<u64>)| {
             Arc::ptr_eq(q, &queue) && *c == channel && *a == action
         };
         match self.settles.iter_mut().find(same) {
-            Some((_, _, _, ids)) => ids.extend(msg_ids),
-            None => self.settles.push((queue, channel, action, msg_ids)),
+            Some((_, _, _, ids)) => ids.push(msg_id),
+            None => self.settles.push((queue, channel, action, vec![msg_id])),
         }
     }
 

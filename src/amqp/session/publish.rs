@@ -428,7 +428,7 @@ impl Session {
     pub(super) fn send_settles(
         &mut self,
         id: u16,
-        taken: Vec<crate::amqp::channel::Unacked>,
+        taken: impl IntoIterator<Item = crate::amqp::channel::Unacked>,
         kind: SettleKind,
     ) {
         let action = match kind {
@@ -437,19 +437,9 @@ impl Session {
             SettleKind::Discard => SettleAction::Discard,
         };
         let mut credit_returned = 0u32;
-        let mut by_queue: Vec<(Arc<QueueHandle>, Vec<u64>)> = Vec::new();
         for unacked in taken {
             credit_returned += u32::from(unacked.from_consumer);
-            match by_queue
-                .iter_mut()
-                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
-            {
-                Some((_, ids)) => ids.push(unacked.msg_id),
-                None => by_queue.push((unacked.queue, vec![unacked.msg_id])),
-            }
-        }
-        for (queue, msg_ids) in by_queue {
-            self.settles.add(queue, id, action, msg_ids);
+            self.settles.add(unacked.queue, id, action, unacked.msg_id);
         }
         if self.channel(id).credit.release(credit_returned) {
             self.settles.wake(id);
