@@ -30,6 +30,7 @@ pub mod message;
 pub mod policy;
 pub mod queue;
 pub mod storage;
+pub mod topology;
 pub mod vhost;
 
 pub use broker::Broker;

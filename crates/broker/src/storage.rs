@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferrymq_store::{DefinitionsLog, Syncer};
-use ferrymq_wire::ShortStr;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use crate::definitions::{BindingDefinition, Definition};
+pub use crate::topology::Topology;
+
+use crate::definitions::Definition;
 use crate::exchange::ExchangeType;
-use crate::vhost::DestinationName;
 
 const QUEUES_DIR: &str = "queues";
 /// Entries the definitions log may hold beyond twice its last snapshot before compaction.
@@ -168,8 +168,7 @@ impl BrokerStorage {
             return Ok(());
         };
         let keep: HashSet<PathBuf> = topology
-            .exchanges
-            .iter()
+            .exchanges()
             .map(|((vhost, name), _)| self.dedup_cache_path(vhost, name))
             .collect();
         for entry in entries {
@@ -196,8 +195,7 @@ impl BrokerStorage {
             return Ok(());
         };
         let keep: HashSet<PathBuf> = topology
-            .exchanges
-            .iter()
+            .exchanges()
             .filter(|(_, d)| {
                 matches!(
                     d,
@@ -225,9 +223,8 @@ impl BrokerStorage {
             return Ok(());
         };
         let keep: HashSet<PathBuf> = topology
-            .queues
-            .iter()
-            .map(|q| self.queue_dir(&q.0, &q.1))
+            .queues()
+            .map(|((vhost, name), _)| self.queue_dir(vhost, name))
             .collect();
         for entry in entries {
             let path = entry?.path();
@@ -266,156 +263,4 @@ fn compact(log: &mut DefinitionsLog) -> ferrymq_store::Result<u64> {
     log.compact(&snapshot)?;
     tracing::info!(entries = snapshot.len(), "compacted the definitions log");
     Ok(snapshot.len() as u64)
-}
-
-/// The durable topology a definitions log describes, in the order to restore it.
-#[derive(Debug, Default)]
-pub struct Topology {
-    /// (vhost, name) → the exchange's definition
-    exchanges: Vec<((ShortStr, ShortStr), Definition)>,
-    queues: Vec<(ShortStr, ShortStr)>,
-    queue_definitions: Vec<Definition>,
-    bindings: Vec<BindingDefinition>,
-}
-
-impl Topology {
-    fn apply(&mut self, definition: Definition) {
-        match definition {
-            Definition::Exchange {
-                ref vhost,
-                ref name,
-                ..
-            } => {
-                let key = (vhost.clone(), name.clone());
-                self.exchanges.retain(|(k, _)| *k != key);
-                self.exchanges.push((key, definition));
-            }
-            Definition::ExchangeDeleted { vhost, name } => {
-                self.exchanges
-                    .retain(|(k, _)| *k != (vhost.clone(), name.clone()));
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost
-                        && (b.source == name
-                            || b.destination == DestinationName::Exchange(name.clone())))
-                });
-            }
-            Definition::Queue {
-                ref vhost,
-                ref name,
-                ..
-            } => {
-                let key = (vhost.clone(), name.clone());
-                if let Some(at) = self.queues.iter().position(|k| *k == key) {
-                    self.queues.remove(at);
-                    self.queue_definitions.remove(at);
-                }
-                self.queues.push(key);
-                self.queue_definitions.push(definition);
-            }
-            Definition::QueueDeleted { vhost, name } => {
-                let key = (vhost.clone(), name.clone());
-                if let Some(at) = self.queues.iter().position(|k| *k == key) {
-                    self.queues.remove(at);
-                    self.queue_definitions.remove(at);
-                }
-                self.bindings.retain(|b| {
-                    !(b.vhost == vhost && b.destination == DestinationName::Queue(name.clone()))
-                });
-            }
-            Definition::Binding(binding) => {
-                if !self.bindings.contains(&binding) {
-                    self.bindings.push(binding);
-                }
-            }
-            Definition::Unbinding(binding) => self.bindings.retain(|b| *b != binding),
-        }
-    }
-
-    /// Every definition, exchanges first, then queues, then bindings.
-    pub fn definitions(&self) -> Vec<Definition> {
-        let mut all: Vec<Definition> = self.exchanges.iter().map(|(_, d)| d.clone()).collect();
-        all.extend(self.queue_definitions.iter().cloned());
-        all.extend(self.bindings.iter().cloned().map(Definition::Binding));
-        all
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exchanges.is_empty() && self.queues.is_empty() && self.bindings.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exchange::ExchangeType;
-    use ferrymq_wire::FieldTable;
-
-    fn exchange(name: &str) -> Definition {
-        Definition::Exchange {
-            vhost: "/".into(),
-            name: name.into(),
-            kind: ExchangeType::Direct,
-            auto_delete: false,
-            internal: false,
-            arguments: FieldTable::new(),
-        }
-    }
-
-    fn queue(name: &str) -> Definition {
-        Definition::Queue {
-            vhost: "/".into(),
-            name: name.into(),
-            auto_delete: false,
-            arguments: FieldTable::new(),
-        }
-    }
-
-    fn binding(source: &str, queue: &str) -> BindingDefinition {
-        BindingDefinition {
-            vhost: "/".into(),
-            source: source.into(),
-            destination: DestinationName::Queue(queue.into()),
-            routing_key: "k".into(),
-            arguments: FieldTable::new(),
-        }
-    }
-
-    #[test]
-    fn deleting_a_queue_or_exchange_drops_its_bindings_from_the_fold() {
-        let mut t = Topology::default();
-        for d in [exchange("x"), exchange("y"), queue("q1"), queue("q2")] {
-            t.apply(d);
-        }
-        t.apply(Definition::Binding(binding("x", "q1")));
-        t.apply(Definition::Binding(binding("y", "q2")));
-        t.apply(Definition::Binding(binding("x", "q2")));
-        t.apply(Definition::QueueDeleted {
-            vhost: "/".into(),
-            name: "q1".into(),
-        });
-        t.apply(Definition::ExchangeDeleted {
-            vhost: "/".into(),
-            name: "y".into(),
-        });
-        let left = t.definitions();
-        assert_eq!(
-            left,
-            vec![
-                exchange("x"),
-                queue("q2"),
-                Definition::Binding(binding("x", "q2"))
-            ]
-        );
-    }
-
-    #[test]
-    fn unbinding_and_redeclaring_fold_to_the_last_state() {
-        let mut t = Topology::default();
-        t.apply(queue("q"));
-        t.apply(exchange("x"));
-        t.apply(Definition::Binding(binding("x", "q")));
-        t.apply(Definition::Unbinding(binding("x", "q")));
-        t.apply(queue("q"));
-        assert_eq!(t.definitions(), vec![exchange("x"), queue("q")]);
-    }
 }
