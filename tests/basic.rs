@@ -349,7 +349,7 @@ async fn reused_consumer_tag_on_a_channel_closes_the_connection_with_530() {
     let mut raw = raw::Raw::open(&broker).await;
     raw.declare_queue(1, "q").await;
     raw.consume(1, "q", "dup", false).await;
-    raw.send(1, consume_method("q", "dup", false)).await;
+    raw.send(1, raw::consume_method("q", "dup", false)).await;
     // rabbit_channel: protocol_error(not_allowed, "attempt to reuse consumer tag '~ts'"),
     // a hard error: connection.close 530 naming basic.consume (60, 20).
     let close = raw.expect_connection_close().await;
@@ -1319,15 +1319,6 @@ async fn a_consumer_that_stops_reading_does_not_make_the_broker_buffer_everythin
         assert_eq!(drain.next().await.data.len(), BODY_BYTES);
     }
     drain.assert_quiet().await;
-}
-
-fn consume_method(queue: &str, tag: &str, no_ack: bool) -> ferrymq_wire::Method {
-    ferrymq_wire::Method::BasicConsume(ferrymq_wire::BasicConsume {
-        queue: queue.to_string().into(),
-        consumer_tag: tag.to_string().into(),
-        no_ack,
-        ..Default::default()
-    })
 }
 
 #[path = "wire_client/mod.rs"]

@@ -47,15 +47,6 @@ async fn get_body(ch: &Channel, queue: &str) -> Option<String> {
         .map(|m| String::from_utf8(m.delivery.data).unwrap())
 }
 
-fn consume_method(queue: &str, tag: &str, no_ack: bool) -> Method {
-    Method::BasicConsume(ferrymq_wire::BasicConsume {
-        queue: queue.to_string().into(),
-        consumer_tag: tag.to_string().into(),
-        no_ack,
-        ..Default::default()
-    })
-}
-
 /// Records confirms as they arrive: each sequence number must be settled exactly once, and
 /// a `multiple` ack settles everything unsettled up to its tag.
 #[derive(Default)]

@@ -176,23 +176,29 @@ async fn expiries_survive_a_restart() {
 #[tokio::test]
 async fn bad_expiration_is_refused_with_406() {
     let broker = TestBroker::start().await;
-    let (_conn, ch) = channel(&broker).await;
-    common::declare(&ch, "q").await;
-    let props = BasicProperties::default().with_expiration("soon".into());
-    ch.basic_publish("".into(), "q".into(), Default::default(), b"x", props)
-        .await
-        .unwrap();
-    // The channel error arrives asynchronously; the next call on the channel sees it.
-    let next = declare_with(
-        &ch,
-        "q",
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await;
-    let (code, text) = refusal(next);
-    assert_eq!(code, 406);
-    assert!(text.contains("invalid expiration 'soon'"), "{text}");
+    // A raw client sees the channel.close itself: through lapin the next call could race
+    // the close and fail as "channel closing" instead of with the broker's reason.
+    let mut raw = raw::Raw::open(&broker).await;
+    raw.declare_queue(1, "q").await;
+    let props = ferrymq_wire::BasicProperties {
+        expiration: Some("soon".to_string().into()),
+        ..Default::default()
+    };
+    raw.publish_with(1, "", "q", false, props.encode(), b"x")
+        .await;
+    let close = raw.expect_channel_close(1).await;
+    assert_eq!(
+        (close.reply_code, close.class_id, close.method_id),
+        (406, 60, 40)
+    );
+    assert!(
+        close
+            .reply_text
+            .as_str()
+            .contains("invalid expiration 'soon'"),
+        "{}",
+        close.reply_text
+    );
 }
 
 #[tokio::test]
@@ -234,3 +240,6 @@ async fn an_unused_queue_expires_and_a_consumer_keeps_it() {
         .unwrap();
     eventually(common::STEP, || async { probe.queue("watched").is_none() }).await;
 }
+
+#[path = "wire_client/mod.rs"]
+mod raw;

@@ -178,8 +178,7 @@ impl Raw {
     }
 
     pub async fn consume(&mut self, channel: u16, queue: &str, tag: &str, no_ack: bool) {
-        self.send(channel, super::consume_method(queue, tag, no_ack))
-            .await;
+        self.send(channel, consume_method(queue, tag, no_ack)).await;
         self.expect(channel, |m| matches!(m, Method::BasicConsumeOk(_)))
             .await;
     }
@@ -262,4 +261,13 @@ impl Raw {
             }
         }
     }
+}
+
+pub fn consume_method(queue: &str, tag: &str, no_ack: bool) -> Method {
+    Method::BasicConsume(ferrymq_wire::BasicConsume {
+        queue: queue.to_string().into(),
+        consumer_tag: tag.to_string().into(),
+        no_ack,
+        ..Default::default()
+    })
 }
