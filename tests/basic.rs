@@ -1248,11 +1248,9 @@ async fn user_id_that_is_not_the_login_is_refused_with_406() {
         user_id: Some("mallory".to_string().into()),
         ..Default::default()
     };
-    raw.publish_with(1, "", "q", false, props.encode(), b"x")
-        .await;
     // rabbit_channel check_user_id_header: precondition_failed "user_id property set to
     // 'mallory' but authenticated user was 'guest'", a channel error on basic.publish.
-    let close = raw.expect_channel_close(1).await;
+    let close = raw.publish_refused(1, props).await;
     assert_eq!(
         (close.reply_code, close.class_id, close.method_id),
         (406, 60, 40)

@@ -184,9 +184,7 @@ async fn bad_expiration_is_refused_with_406() {
         expiration: Some("soon".to_string().into()),
         ..Default::default()
     };
-    raw.publish_with(1, "", "q", false, props.encode(), b"x")
-        .await;
-    let close = raw.expect_channel_close(1).await;
+    let close = raw.publish_refused(1, props).await;
     assert_eq!(
         (close.reply_code, close.class_id, close.method_id),
         (406, 60, 40)

@@ -208,6 +208,18 @@ impl Raw {
         body
     }
 
+    /// Publishes `b"x"` to queue `q` with these properties and returns the channel.close
+    /// the broker refuses it with.
+    pub async fn publish_refused(
+        &mut self,
+        channel: u16,
+        properties: ferrymq_wire::BasicProperties,
+    ) -> ChannelClose {
+        self.publish_with(channel, "", "q", false, properties.encode(), b"x")
+            .await;
+        self.expect_channel_close(channel).await
+    }
+
     /// Skips anything else on the channel until channel.close, and answers close-ok.
     pub async fn expect_channel_close(&mut self, channel: u16) -> ChannelClose {
         loop {

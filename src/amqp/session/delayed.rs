@@ -14,7 +14,8 @@ use super::Session;
 
 impl Session {
     /// Holds `message` if `exchange` delays it (through [`Session::finish_publish`]), and
-    /// returns `None`; otherwise hands it back to be routed now. The confirm (or tx.commit) waits until the message is on disk.
+    /// returns `None`; otherwise hands it back to be routed now. The confirm (or tx.commit)
+    /// waits until the message is on disk.
     /// `mandatory` gets `basic.return 312 NO_ROUTE` at once, as with the plugin: nothing
     /// is routed at publish time (the message is still delivered when due).
     pub(super) fn hold_if_delayed(

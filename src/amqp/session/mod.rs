@@ -10,7 +10,6 @@ mod definitions;
 mod delayed;
 mod publish;
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use ferrymq_broker::auth::User;
@@ -18,6 +17,7 @@ use ferrymq_broker::client::{ClientEvent, ClientHandle};
 use ferrymq_broker::queue::{QueueCmd, QueueHandle, SettleAction};
 use ferrymq_broker::vhost::VHost;
 use ferrymq_wire::{ChannelClose, ChannelCloseOk, ChannelFlowOk, ChannelOpenOk, Frame, Method};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 use super::channel::{Channel, ChannelState, SettleKind};

@@ -12,14 +12,12 @@
 //! at the head).
 
 use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ferrymq_store::Position;
 use ferrymq_wire::FieldValue;
-
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

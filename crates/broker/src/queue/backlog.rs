@@ -12,11 +12,10 @@
 //! A priority queue has one backlog per priority level (see [`super::priority`]).
 
 use std::collections::{BTreeMap, VecDeque};
-
-use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use ferrymq_store::Position;
+use rustc_hash::FxHashSet;
 
 use crate::message::Message;
 
