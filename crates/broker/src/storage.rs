@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use ferrymq_store::{DefinitionsLog, Syncer};
 use parking_lot::Mutex;
@@ -124,8 +125,14 @@ impl BrokerStorage {
         self.restored.subscribe()
     }
 
-    /// Appends a change to the definitions log (fsynced before returning). A failure is
-    /// logged: the change is live, but will not survive a restart.
+    /// Appends a change to the definitions log and hands the file to the group commit
+    /// thread. A failure is logged: the change is live, but will not survive a restart.
+    ///
+    /// The caller's reply (declare-ok) does not wait for the fdatasync, as RabbitMQ's does
+    /// not (Mnesia logs a transaction without syncing it). What must hold is that no message
+    /// is confirmed on disk in a queue whose definition is not: the sync thread takes
+    /// requests in order and syncs every file of a batch before running any completion, so
+    /// the confirm of any message published after this call waits for this sync too.
     pub fn record(&self, definition: &Definition) {
         if !self.recording.load(Ordering::Acquire) {
             return;
@@ -135,6 +142,14 @@ impl BrokerStorage {
             tracing::error!(error = %e, ?definition, "could not record a durable definition");
             return;
         }
+        self.syncer.sync(
+            vec![Arc::clone(log.file())],
+            Box::new(|outcome| {
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "could not sync the definitions log");
+                }
+            }),
+        );
         let snapshot = self.snapshot_entries.load(Ordering::Relaxed);
         if log.entries() > snapshot.saturating_mul(2) + COMPACT_SLACK_ENTRIES {
             match compact(&mut log) {
@@ -263,4 +278,35 @@ fn compact(log: &mut DefinitionsLog) -> ferrymq_store::Result<u64> {
     log.compact(&snapshot)?;
     tracing::info!(entries = snapshot.len(), "compacted the definitions log");
     Ok(snapshot.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrymq_wire::{FieldTable, ShortStr};
+
+    /// A declare does not wait for its fdatasync, but a sync asked for after it (a message's
+    /// confirm) completes only once the definitions log is synced too.
+    #[test]
+    fn a_later_sync_request_covers_the_recorded_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, _thread) = Syncer::start();
+        let (storage, topology) =
+            BrokerStorage::open(dir.path(), syncer.clone(), 1 << 20, 64).unwrap();
+        storage.start_recording(&topology).unwrap();
+        let before = syncer.stats.fdatasyncs.load(Ordering::Relaxed);
+        storage.record(&Definition::Queue {
+            vhost: ShortStr::from("/"),
+            name: ShortStr::from("q"),
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        });
+        let (done, confirmed) = std::sync::mpsc::channel();
+        syncer.sync(Vec::new(), Box::new(move |r| done.send(r.is_ok()).unwrap()));
+        assert!(confirmed.recv().unwrap());
+        assert_eq!(syncer.stats.fdatasyncs.load(Ordering::Relaxed), before + 1);
+        drop(storage);
+        let (_, restored) = BrokerStorage::open(dir.path(), syncer, 1 << 20, 64).unwrap();
+        assert_eq!(restored.queues().count(), 1);
+    }
 }
