@@ -422,7 +422,7 @@ impl Connection {
             READ_CHUNK_SMALL_BYTES
         };
         self.read_buf.reserve(want);
-        match self.stream.try_read_buf(&mut self.read_buf) {
+        match self.read_draining() {
             Ok(0) => return Err(End::Gone),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
@@ -430,6 +430,29 @@ impl Connection {
         }
         self.process_buffered(session).await?;
         Ok(true)
+    }
+
+    /// Reads into the read buffer what the socket has, up to its spare capacity.
+    ///
+    /// A read that does not fill the buffer empties the socket. tokio keeps a socket marked
+    /// readable until a read fails with WouldBlock, so the next loop would read again at
+    /// once: one more system call for nothing, or, under load, for the one frame that came
+    /// meanwhile (a consumer acking each message sends one ack at a time). So a short read
+    /// also clears the mark, and the next read waits for the reactor's next epoll, which
+    /// reports every socket at once while frames gather. No wake-up is lost: the mark that
+    /// `try_io` clears is the one it saw before the read; a newer one (data that arrived
+    /// after the read) stays.
+    fn read_draining(&mut self) -> std::io::Result<usize> {
+        let room = self.read_buf.capacity() - self.read_buf.len();
+        let mut outcome = Err(std::io::ErrorKind::WouldBlock.into());
+        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            outcome = self.stream.try_read_buf(&mut self.read_buf);
+            match outcome {
+                Ok(read) if read > 0 && read < room => Err(std::io::ErrorKind::WouldBlock.into()),
+                _ => Ok(()),
+            }
+        });
+        outcome
     }
 
     /// Handles every complete frame in the read buffer.
