@@ -29,4 +29,4 @@ pub use definitions::DefinitionsLog;
 pub use error::{Result, StoreError};
 pub use queue_log::{QueueLog, Recovered, RecoveredMessage};
 pub use record::{Record, RecordKind};
-pub use segment::Position;
+pub use segment::{Position, ReadAhead};

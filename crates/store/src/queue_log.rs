@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::record::{Record, RecordKind};
 use std::collections::{HashMap, HashSet};
 
-use crate::segment::{self, list_segments, read_acks, Position, Segment, DELIVERED_BIT};
+use crate::segment::{self, list_segments, read_acks, Position, ReadAhead, Segment, DELIVERED_BIT};
 
 #[derive(Debug)]
 pub struct RecoveredMessage {
@@ -227,24 +227,34 @@ impl QueueLog {
     }
 
     pub fn read(&mut self, position: Position) -> Result<Record> {
-        if position.segment == self.last_mut().number {
-            self.flush()?;
-        }
-        let seg = self.segments.get(&position.segment).ok_or_else(|| {
-            crate::error::StoreError::Corrupt(format!("segment {} is gone", position.segment))
-        })?;
-        seg.read(position.offset)
+        self.segment_for_read(position)?.read(position.offset)
+    }
+
+    /// Reads records in file order through `ahead`: one `pread` per window of records.
+    pub fn read_ahead(&mut self, position: Position, ahead: &mut ReadAhead) -> Result<Record> {
+        self.segment_for_read(position)?
+            .read_ahead(position.offset, ahead)
     }
 
     /// The encoded length of the record at `position`, read from its size field only.
     pub fn record_len(&mut self, position: Position) -> Result<u32> {
+        self.segment_for_read(position)?.record_len(position.offset)
+    }
+
+    /// [`QueueLog::record_len`] through `ahead` (see [`QueueLog::read_ahead`]).
+    pub fn record_len_ahead(&mut self, position: Position, ahead: &mut ReadAhead) -> Result<u32> {
+        self.segment_for_read(position)?
+            .record_len_ahead(position.offset, ahead)
+    }
+
+    /// The segment holding `position`, with what was appended to it written out first.
+    fn segment_for_read(&mut self, position: Position) -> Result<&Segment> {
         if Some(&position.segment) == self.segments.keys().next_back() {
             self.flush()?;
         }
-        let seg = self.segments.get(&position.segment).ok_or_else(|| {
+        self.segments.get(&position.segment).ok_or_else(|| {
             crate::error::StoreError::Corrupt(format!("segment {} is gone", position.segment))
-        })?;
-        seg.record_len(position.offset)
+        })
     }
 
     /// Marks a record done; deletes its segment when that was the last live record.
@@ -562,6 +572,45 @@ mod tests {
             assert_eq!(message.position, positions[message.seq as usize]);
             assert_eq!(message.body_size as usize, sizes[message.seq as usize]);
         }
+    }
+
+    #[test]
+    fn reads_through_read_ahead_match_single_reads_across_windows_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small and mid-sized records across two 4 MiB segments, one larger than a window.
+        let sizes: Vec<usize> = (0..4_000u64)
+            .map(|seq| match seq {
+                700 => segment::READ_AHEAD_BYTES + 4_321,
+                _ => 16 + (seq as usize * 7_919) % 2_000,
+            })
+            .collect();
+        let (mut log, _) = QueueLog::open(dir.path(), 4 << 20).unwrap();
+        let positions: Vec<Position> = sizes
+            .iter()
+            .enumerate()
+            .map(|(seq, &len)| {
+                log.append(&record(seq as u64, RecordKind::Transient, len))
+                    .unwrap()
+            })
+            .collect();
+        assert!(positions.last().unwrap().segment > positions[0].segment);
+        let mut ahead = ReadAhead::default();
+        for (seq, &position) in positions.iter().enumerate() {
+            // Every third record is only stepped over, as an expired paged message is.
+            if seq % 3 == 1 {
+                let len = log.record_len_ahead(position, &mut ahead).unwrap();
+                assert_eq!(len, log.record_len(position).unwrap(), "record {seq}");
+                continue;
+            }
+            let read = log.read_ahead(position, &mut ahead).unwrap();
+            assert_eq!(read, log.read(position).unwrap(), "record {seq}");
+            assert_eq!((read.seq, read.body.len()), (seq as u64, sizes[seq]));
+        }
+        // Appended after the window was read: a read past its end reads again.
+        let later = log
+            .append(&record(4_000, RecordKind::Transient, 10))
+            .unwrap();
+        assert_eq!(log.read_ahead(later, &mut ahead).unwrap().seq, 4_000);
     }
 
     #[test]

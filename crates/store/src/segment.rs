@@ -27,6 +27,43 @@ use crate::record::{self, Decoded, Record, RECORD_PREFIX_BYTES, RECORD_SIZE_MAX_
 /// below 2 GiB, so offsets never use this bit.
 pub const DELIVERED_BIT: u32 = 1 << 31;
 
+/// Bytes one read-ahead `pread` asks for: a few hundred small records per system call.
+pub const READ_AHEAD_BYTES: usize = 256 * 1024;
+
+/// A window of one segment's bytes, for reading records in file order (a queue reading its
+/// paged messages back) with one `pread` per window instead of two per record. Short-lived:
+/// whoever reads a run of records owns one for that run, so an idle queue holds no buffer.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    segment: u64,
+    /// File offset of `buf[0]`.
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl ReadAhead {
+    /// The record prefix at file offset `at` and its index in `buf`, if the buffer has it.
+    fn prefix_at(&self, segment: u64, at: u64) -> Option<([u8; RECORD_PREFIX_BYTES], usize)> {
+        if segment != self.segment || at < self.start {
+            return None;
+        }
+        let rel = usize::try_from(at - self.start).ok()?;
+        let prefix = self.buf.get(rel..rel.checked_add(RECORD_PREFIX_BYTES)?)?;
+        Some((prefix.try_into().expect("prefix length"), rel))
+    }
+
+    /// Reads up to `want` bytes of `segment` from `at`, as far as the segment is written.
+    fn fill(&mut self, segment: &Segment, at: u64, want: usize) -> Result<()> {
+        let len = segment.len_bytes.saturating_sub(at).min(want as u64) as usize;
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        segment.file.read_exact_at(&mut self.buf, at)?;
+        self.segment = segment.number;
+        self.start = at;
+        Ok(())
+    }
+}
+
 /// Where a record lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
@@ -142,6 +179,72 @@ impl Segment {
         Ok((RECORD_PREFIX_BYTES + size) as u32)
     }
 
+    /// [`Segment::record_len`] through `ahead` (see [`Segment::read_ahead`]).
+    pub fn record_len_ahead(&self, offset: u32, ahead: &mut ReadAhead) -> Result<u32> {
+        let at = u64::from(offset);
+        let prefix = match ahead.prefix_at(self.number, at) {
+            Some((prefix, _)) => prefix,
+            None => {
+                ahead.fill(self, at, READ_AHEAD_BYTES)?;
+                let (prefix, _) = ahead
+                    .prefix_at(self.number, at)
+                    .ok_or_else(|| self.overrun(offset))?;
+                prefix
+            }
+        };
+        let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
+        if size > RECORD_SIZE_MAX_BYTES {
+            return Err(self.overrun(offset));
+        }
+        Ok((RECORD_PREFIX_BYTES + size) as u32)
+    }
+
+    /// Reads the record at `offset` through `ahead`: one `pread` fills it with the records
+    /// that follow too, and the next reads of this segment take their record from it. The
+    /// record is copied out of the buffer, so messages never pin it.
+    pub fn read_ahead(&self, offset: u32, ahead: &mut ReadAhead) -> Result<Record> {
+        let at = u64::from(offset);
+        let (prefix, rel) = match ahead.prefix_at(self.number, at) {
+            Some(prefix) => prefix,
+            None => {
+                ahead.fill(self, at, READ_AHEAD_BYTES)?;
+                ahead
+                    .prefix_at(self.number, at)
+                    .ok_or_else(|| self.overrun(offset))?
+            }
+        };
+        let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
+        let total = RECORD_PREFIX_BYTES + size;
+        if size > RECORD_SIZE_MAX_BYTES || at + total as u64 > self.len_bytes {
+            return Err(self.overrun(offset));
+        }
+        let rel = if rel + total <= ahead.buf.len() {
+            rel
+        } else {
+            // Runs past what the buffer holds: read again from here, the whole record at least.
+            ahead.fill(self, at, total.max(READ_AHEAD_BYTES))?;
+            0
+        };
+        self.decode_at(offset, Bytes::copy_from_slice(&ahead.buf[rel..rel + total]))
+    }
+
+    fn overrun(&self, offset: u32) -> StoreError {
+        StoreError::Corrupt(format!(
+            "record at {}:{offset} overruns the segment",
+            self.number
+        ))
+    }
+
+    fn decode_at(&self, offset: u32, bytes: Bytes) -> Result<Record> {
+        match record::decode(&bytes)? {
+            Decoded::Record(record, _) => Ok(record),
+            Decoded::Incomplete => Err(StoreError::Corrupt(format!(
+                "record at {}:{offset} is incomplete",
+                self.number
+            ))),
+        }
+    }
+
     /// Reads the record at `offset`, checking its size and checksum again on the way out.
     pub fn read(&self, offset: u32) -> Result<Record> {
         let mut prefix = [0u8; RECORD_PREFIX_BYTES];
@@ -157,13 +260,7 @@ impl Segment {
         }
         let mut buf = BytesMut::zeroed(RECORD_PREFIX_BYTES + size);
         self.file.read_exact_at(&mut buf, u64::from(offset))?;
-        match record::decode(&buf.freeze())? {
-            Decoded::Record(record, _) => Ok(record),
-            Decoded::Incomplete => Err(StoreError::Corrupt(format!(
-                "record at {}:{offset} is incomplete",
-                self.number
-            ))),
-        }
+        self.decode_at(offset, buf.freeze())
     }
 
     /// Records that an offset is acked; written by the next `flush_acks`.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferrymq_store::Position;
+use ferrymq_store::{Position, ReadAhead};
 use ferrymq_wire::FieldValue;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
@@ -629,6 +629,8 @@ impl QueueState {
             return false;
         };
         let mut progressed = false;
+        // Paged messages lie in file order: one read fetches a window of them.
+        let mut ahead = ReadAhead::default();
         loop {
             if progressed && self.backlog.in_memory() >= self.window {
                 break;
@@ -640,7 +642,7 @@ impl QueueState {
             progressed = true;
             if backlog.front_paged_removed() {
                 // Expired while paged (acked then): step over its record.
-                match persist.record_len(paged.position) {
+                match persist.record_len(paged.position, &mut ahead) {
                     Some(len) => backlog.skip_paged(len),
                     None => {
                         if let Some(run) = drop_unreadable(backlog, &self.handle.name) {
@@ -650,7 +652,7 @@ impl QueueState {
                 }
                 continue;
             }
-            match persist.read(paged.position) {
+            match persist.read_ahead(paged.position, &mut ahead) {
                 Some((message, encoded_len, expires_at_ms)) => {
                     backlog.advance_paged(encoded_len, message.body_size() as u32);
                     backlog.push(Entry {

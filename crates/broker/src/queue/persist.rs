@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ferrymq_store::{Position, QueueLog, Record, RecordKind, RecoveredMessage, Syncer};
+use ferrymq_store::{Position, QueueLog, ReadAhead, Record, RecordKind, RecoveredMessage, Syncer};
 use ferrymq_wire::{Properties, ShortStr};
 
 use super::command::ConfirmTicket;
@@ -142,7 +142,25 @@ impl Persistence {
 
     /// Reads a paged-out message back, with its record's length and expiry.
     pub fn read(&mut self, position: Position) -> Option<(Message, u32, u64)> {
-        match self.log.read(position) {
+        let record = self.log.read(position);
+        Self::paged_message(record, position)
+    }
+
+    /// [`Persistence::read`] for records read in file order (a run of paged messages).
+    pub fn read_ahead(
+        &mut self,
+        position: Position,
+        ahead: &mut ReadAhead,
+    ) -> Option<(Message, u32, u64)> {
+        let record = self.log.read_ahead(position, ahead);
+        Self::paged_message(record, position)
+    }
+
+    fn paged_message(
+        record: ferrymq_store::Result<Record>,
+        position: Position,
+    ) -> Option<(Message, u32, u64)> {
+        match record {
             Ok(record) => {
                 let len = record.encoded_len() as u32;
                 let expiry_ms = record.expiry_ms;
@@ -166,9 +184,9 @@ impl Persistence {
         }
     }
 
-    /// The length of the record at `position` (to step over it).
-    pub fn record_len(&mut self, position: Position) -> Option<u32> {
-        match self.log.record_len(position) {
+    /// The length of the record at `position` (to step over it), read through `ahead`.
+    pub fn record_len(&mut self, position: Position, ahead: &mut ReadAhead) -> Option<u32> {
+        match self.log.record_len_ahead(position, ahead) {
             Ok(len) => Some(len),
             Err(e) => {
                 tracing::error!(error = %e, ?position, "reading a record's length failed");
@@ -185,8 +203,9 @@ impl Persistence {
         count: u64,
         acked_already: impl Fn(u64) -> bool,
     ) {
+        let mut ahead = ReadAhead::default();
         for index in 0..count {
-            match self.log.record_len(position) {
+            match self.log.record_len_ahead(position, &mut ahead) {
                 Ok(len) => {
                     if !acked_already(index) {
                         self.ack(position);
