@@ -42,6 +42,11 @@ pub const FRAME_SIZE_FUDGE_BYTES: u32 = FRAME_OVERHEAD_BYTES as u32;
 const _: () = assert!(FRAME_END == SPEC_FRAME_END);
 const _: () = assert!(FRAME_MIN_SIZE == SPEC_FRAME_MIN_SIZE);
 
+/// Frames are moved by value from the decoder through the connection; at 128 bytes or
+/// less a move is a few vector instructions, above that a call to `memcpy` (see
+/// [`crate::FieldTable`] for what keeps it small).
+const _: () = assert!(std::mem::size_of::<Frame>() <= 128);
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Method { channel: u16, method: Method },
