@@ -6,13 +6,16 @@
 //! high watermark, and then writes what was produced in one vectored write. Reading goes on
 //! while writing waits, so a client that is busy writing never deadlocks against us.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use ferrymq_broker::auth::User;
-use ferrymq_broker::client::ClientHandle;
+use ferrymq_broker::client::{ClientEvent, ClientHandle};
 use ferrymq_wire as frame;
 use ferrymq_wire::{
     ConnectionBlocked, ConnectionClose, ConnectionCloseOk, ConnectionOpenOk, ConnectionUnblocked,
@@ -20,8 +23,8 @@ use ferrymq_wire::{
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::error::{code, AmqpError, AmqpResult, CloseReason};
 use super::handshake;
@@ -309,8 +312,8 @@ impl Connection {
         // Publisher pacing: the socket is not read before this (queue events still flow).
         let mut paced_until: Option<Instant> = None;
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut alarms = self.server.alarms.clone();
-        let mut alarms_live = true;
+        let alarms = self.server.alarms.clone();
+        let mut waits = Waits::new(&self.server.alarms, &self.shutdown, far_future);
         // Clients pipeline: frames may already wait behind connection.open.
         if let Err(end) = self.process_buffered(session).await {
             return end;
@@ -345,69 +348,78 @@ impl Connection {
                 Some(interval) => (last_write + interval / 2, last_read + interval * 2),
                 None => (far_future, far_future),
             };
+            waits.wake_by(send_at.min(dead_at).min(paced_until.unwrap_or(far_future)));
             let want_write = !session.outbox.is_empty();
             let take_events = session.outbox.queued_bytes() < OUTBOX_HIGH_WATERMARK_BYTES;
             read_paused = session.outbox.queued_bytes() >= OUTBOX_READ_PAUSE_BYTES
                 || self.blocked
                 || paced_until.is_some();
-            tokio::select! {
-                readable = self.stream.readable(), if !read_paused => {
-                    if readable.is_err() {
-                        return End::Gone;
-                    }
-                    match self.read_available(session).await {
-                        Ok(true) => last_read = Instant::now(),
-                        Ok(false) => {}
-                        Err(end) => return end,
-                    }
-                    let debt = std::mem::take(&mut session.pace_debt_ns);
-                    if debt > 0 {
-                        let pause = Duration::from_nanos(debt).min(PACE_PAUSE_MAX);
-                        paced_until = Some(Instant::now() + pause);
-                    }
-                }
-                _ = sleep_until(paced_until.unwrap_or(far_future)), if paced_until.is_some() => {
+            let woke = std::future::poll_fn(|cx| {
+                waits.poll(
+                    cx,
+                    &self.stream,
+                    &mut session.events,
+                    Wanted {
+                        read: !read_paused,
+                        write: want_write,
+                        events: take_events,
+                    },
+                )
+            })
+            .await;
+            if woke.shutdown {
+                return End::Close(CloseReason {
+                    code: code::CONNECTION_FORCED,
+                    text: "broker forced connection closure with reason 'shutdown'".into(),
+                    class_id: 0,
+                    method_id: 0,
+                });
+            }
+            if woke.socket_failed {
+                return End::Gone;
+            }
+            if woke.timer {
+                let now = Instant::now();
+                if paced_until.is_some_and(|at| at <= now) {
                     paced_until = None;
                 }
-                writable = self.stream.writable(), if want_write => {
-                    if writable.is_err() {
-                        return End::Gone;
-                    }
-                }
-                event = session.events.recv(), if take_events => {
-                    let Some(event) = event else { return End::Gone };
-                    session.handle_event(event);
-                    for _ in 1..EVENTS_PER_WAKEUP_MAX {
-                        // Stop at the watermark: a burst of large deliveries must not
-                        // overshoot it by a whole batch.
-                        if session.outbox.queued_bytes() >= OUTBOX_HIGH_WATERMARK_BYTES {
-                            break;
-                        }
-                        let Ok(event) = session.events.try_recv() else { break };
-                        session.handle_event(event);
-                    }
-                    session.flush_confirms();
-                    session.close_timed_out_channels().await;
-                }
-                _ = sleep_until(send_at) => {
-                    session.outbox.heartbeat();
-                    last_write = Instant::now();
-                }
-                _ = sleep_until(dead_at) => {
+                if now >= dead_at {
                     tracing::info!(peer = %self.peer, "missed heartbeats from client, closing");
                     return End::Gone;
                 }
-                changed = alarms.changed(), if alarms_live => {
-                    alarms_live = changed.is_ok();
+                if now >= send_at {
+                    session.outbox.heartbeat();
+                    last_write = now;
                 }
-                _ = self.shutdown.changed() => {
-                    return End::Close(CloseReason {
-                        code: code::CONNECTION_FORCED,
-                        text: "broker forced connection closure with reason 'shutdown'".into(),
-                        class_id: 0,
-                        method_id: 0,
-                    });
+            }
+            if woke.readable {
+                match self.read_available(session).await {
+                    Ok(true) => last_read = Instant::now(),
+                    Ok(false) => {}
+                    Err(end) => return end,
                 }
+                let debt = std::mem::take(&mut session.pace_debt_ns);
+                if debt > 0 {
+                    let pause = Duration::from_nanos(debt).min(PACE_PAUSE_MAX);
+                    paced_until = Some(Instant::now() + pause);
+                }
+            }
+            if let Some(event) = woke.event {
+                let Some(event) = event else { return End::Gone };
+                session.handle_event(event);
+                for _ in 1..EVENTS_PER_WAKEUP_MAX {
+                    // Stop at the watermark: a burst of large deliveries must not
+                    // overshoot it by a whole batch.
+                    if session.outbox.queued_bytes() >= OUTBOX_HIGH_WATERMARK_BYTES {
+                        break;
+                    }
+                    let Ok(event) = session.events.try_recv() else {
+                        break;
+                    };
+                    session.handle_event(event);
+                }
+                session.flush_confirms();
+                session.close_timed_out_channels().await;
             }
         }
     }
@@ -599,6 +611,126 @@ impl Connection {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// Which of the connection's own sources the loop waits on this turn.
+struct Wanted {
+    read: bool,
+    write: bool,
+    events: bool,
+}
+
+/// What one turn of the connection loop woke up for: every source that was ready, so that
+/// reading and queue events are both served in a turn and neither can starve the other.
+#[derive(Default)]
+struct Woke {
+    readable: bool,
+    socket_failed: bool,
+    /// `Some(None)`: the event mailbox is closed.
+    event: Option<Option<ClientEvent>>,
+    timer: bool,
+    shutdown: bool,
+}
+
+/// A watch receiver's `changed()` kept across turns of the loop: its registration with the
+/// watch (a lock on a list every connection shares) is made once per change, not per turn.
+type Changed<T> = Pin<Box<dyn Future<Output = (bool, watch::Receiver<T>)> + Send>>;
+
+fn changed<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>) -> Changed<T> {
+    Box::pin(async move {
+        let live = rx.changed().await.is_ok();
+        (live, rx)
+    })
+}
+
+/// The waits of the connection loop that outlive one turn. The loop turns once per wake-up,
+/// and a fresh `sleep` or `changed()` per turn costs a lock to register and another to drop.
+/// So the one timer (heartbeats and pacing) moves only when it must fire sooner; when it
+/// fires early, the loop finds nothing due and sets it again.
+struct Waits {
+    shutdown: Changed<bool>,
+    /// `None` once the alarm monitor is gone.
+    alarms: Option<Changed<crate::alarm::Alarms>>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    far_future: Instant,
+}
+
+impl Waits {
+    fn new(
+        alarms: &watch::Receiver<crate::alarm::Alarms>,
+        shutdown: &watch::Receiver<bool>,
+        far_future: Instant,
+    ) -> Self {
+        Waits {
+            shutdown: changed(shutdown.clone()),
+            alarms: Some(changed(alarms.clone())),
+            timer: Box::pin(sleep_until(far_future)),
+            timer_at: far_future,
+            far_future,
+        }
+    }
+
+    /// Makes the timer fire no later than `at`.
+    fn wake_by(&mut self, at: Instant) {
+        if at < self.timer_at {
+            self.timer.as_mut().reset(at);
+            self.timer_at = at;
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &TcpStream,
+        events: &mut mpsc::UnboundedReceiver<ClientEvent>,
+        wanted: Wanted,
+    ) -> Poll<Woke> {
+        let mut woke = Woke::default();
+        let mut ready = false;
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            woke.shutdown = true;
+            return Poll::Ready(woke);
+        }
+        if let Some(alarms) = self.alarms.as_mut() {
+            if let Poll::Ready((live, rx)) = alarms.as_mut().poll(cx) {
+                // A change only matters to the next turn, which reads the current alarms.
+                self.alarms = live.then(|| changed(rx));
+                ready = true;
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.timer.as_mut().reset(self.far_future);
+            self.timer_at = self.far_future;
+            woke.timer = true;
+            ready = true;
+        }
+        if wanted.read {
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => woke.readable = true,
+                Poll::Ready(Err(_)) => woke.socket_failed = true,
+                Poll::Pending => {}
+            }
+        }
+        if wanted.write {
+            match stream.poll_write_ready(cx) {
+                // The loop writes at the top of every turn.
+                Poll::Ready(Ok(())) => ready = true,
+                Poll::Ready(Err(_)) => woke.socket_failed = true,
+                Poll::Pending => {}
+            }
+        }
+        if wanted.events {
+            if let Poll::Ready(event) = events.poll_recv(cx) {
+                woke.event = Some(event);
+            }
+        }
+        if ready || woke.readable || woke.socket_failed || woke.event.is_some() {
+            Poll::Ready(woke)
+        } else {
+            Poll::Pending
         }
     }
 }
