@@ -24,9 +24,11 @@ use crate::uri::AmqpUri;
 
 /// Deliveries a consumer takes from amqprs per wake-up.
 const CONSUME_BATCH_MAX: usize = 256;
-/// A rate-limited producer sleeps this long when it is ahead of schedule (tokio's timer
-/// granularity is 1 ms, so at 10k msg/s it sends ~10 messages per wake-up).
-const RATE_TICK: Duration = Duration::from_micros(500);
+/// How often a rate-limited producer's pacer thread hands out sends. tokio's timers tick
+/// in whole milliseconds, which at 10k msg/s would send bursts of 10 and measure how a
+/// burst queues up rather than a steady rate; a thread sleeping this long (with its timer
+/// slack cut to 1 µs) spaces sends about 0.1 ms apart.
+const PACER_TICK: Duration = Duration::from_micros(100);
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -98,15 +100,20 @@ impl Producer {
             .with_persistence(s.persistent)
             .finish();
         let template = vec![0u8; s.size];
-        let start = Instant::now();
+        let pacer = (s.rate > 0).then(|| Pacer::start(s.rate));
         let mut sent = 0u64;
         while !ctl.stop_producers.load(Ordering::Relaxed) {
             if self.limit.is_some_and(|limit| sent >= limit) {
                 break;
             }
-            if s.rate > 0 && sent >= due(start, s.rate) {
-                tokio::time::sleep(RATE_TICK).await;
-                continue;
+            if let Some(pacer) = &pacer {
+                // Bounded so that the loop still sees `stop_producers` when the pacer stops.
+                match tokio::time::timeout(Duration::from_millis(100), pacer.sends.acquire()).await
+                {
+                    Ok(Ok(permit)) => permit.forget(),
+                    Ok(Err(_)) => break,
+                    Err(_) => continue,
+                }
             }
             if let Some(w) = window {
                 let permit = tokio::time::timeout(STEP_TIMEOUT, w.permits.acquire())
@@ -130,6 +137,40 @@ impl Producer {
 /// at the start).
 fn due(start: Instant, rate: u32) -> u64 {
     (start.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1
+}
+
+/// Hands a fixed-rate producer one permit per message as it falls due, from a thread of
+/// its own (see [`PACER_TICK`]). Stops when the producer drops it.
+struct Pacer {
+    sends: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pacer {
+    fn start(rate: u32) -> Pacer {
+        let sends = Arc::new(tokio::sync::Semaphore::new(0));
+        let weak = Arc::downgrade(&sends);
+        std::thread::Builder::new()
+            .name("perf-pacer".into())
+            .spawn(move || {
+                // The default 50 µs of timer slack would stretch every tick by half.
+                // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only
+                // this thread's timer slack.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+                let start = Instant::now();
+                let mut issued = 0u64;
+                while let Some(sends) = weak.upgrade() {
+                    let due = due(start, rate);
+                    if due > issued {
+                        sends.add_permits((due - issued) as usize);
+                        issued = due;
+                    }
+                    drop(sends);
+                    std::thread::sleep(PACER_TICK);
+                }
+            })
+            .expect("spawning the pacer thread");
+        Pacer { sends }
+    }
 }
 
 async fn enable_confirms(
