@@ -861,3 +861,78 @@ async fn exchange_bound_to_itself_delivers_once() {
     publish(&ch, "x", "", b"once").await;
     assert_eq!(drain(&ch, "q").await, ["once"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// a publishing channel keeps its last routing result while the topology stays the same
+
+/// Publishes twice with the same exchange and key (the second one may reuse the channel's
+/// routing result), then checks where both went.
+async fn publish_twice(ch: &Channel, exchange: &str, key: &str, body: &str) {
+    publish(ch, exchange, key, body.as_bytes()).await;
+    publish(ch, exchange, key, body.as_bytes()).await;
+}
+
+#[tokio::test]
+async fn repeated_publishes_follow_topology_changes_made_elsewhere() {
+    let broker = common::TestBroker::start().await;
+    let conn = common::lapin(&broker).await;
+    let ch = conn.create_channel().await.unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    // Topology changes come from another connection, between the publisher's messages.
+    let admin_conn = common::lapin(&broker).await;
+    let admin = admin_conn.create_channel().await.unwrap();
+    exchange(&admin, "x", ExchangeKind::Direct, FieldTable::default()).await;
+    queue(&admin, "a").await;
+    bind(&admin, "a", "x", "k").await;
+    publish_twice(&ch, "x", "k", "1").await;
+    assert_eq!(drain(&ch, "a").await, ["1", "1"]);
+
+    queue(&admin, "b").await;
+    bind(&admin, "b", "x", "k").await;
+    publish_twice(&ch, "x", "k", "2").await;
+    assert_eq!(drain(&ch, "a").await, ["2", "2"]);
+    assert_eq!(drain(&ch, "b").await, ["2", "2"]);
+
+    within(admin.queue_unbind("a".into(), "x".into(), "k".into(), FieldTable::default()))
+        .await
+        .unwrap();
+    publish_twice(&ch, "x", "k", "3").await;
+    assert!(drain(&ch, "a").await.is_empty());
+    assert_eq!(drain(&ch, "b").await, ["3", "3"]);
+
+    within(admin.queue_delete("b".into(), Default::default()))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let answer = publish_confirmed(&ch, "x", "k", true, b"4").await;
+        assert!(
+            matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312),
+            "a deleted queue's messages must come back, got {answer:?}"
+        );
+    }
+
+    // The default exchange: a queue declared after the first publish gets the next ones.
+    let answer = publish_confirmed(&ch, "", "c", true, b"5").await;
+    assert!(matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312));
+    queue(&admin, "c").await;
+    publish_twice(&ch, "", "c", "5").await;
+    assert_eq!(drain(&ch, "c").await, ["5", "5"]);
+
+    // An alternate exchange declared after a publish found it missing.
+    exchange(
+        &admin,
+        "y",
+        ExchangeKind::Direct,
+        table(&[("alternate-exchange", long("ae"))]),
+    )
+    .await;
+    let answer = publish_confirmed(&ch, "y", "z", true, b"6").await;
+    assert!(matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312));
+    exchange(&admin, "ae", ExchangeKind::Fanout, FieldTable::default()).await;
+    queue(&admin, "d").await;
+    bind(&admin, "d", "ae", "").await;
+    publish_twice(&ch, "y", "z", "6").await;
+    assert_eq!(drain(&ch, "d").await, ["6", "6"]);
+}

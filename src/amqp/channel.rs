@@ -131,6 +131,55 @@ impl Confirms {
     }
 }
 
+/// The queues the channel's last publish was routed to, by exchange and routing key.
+/// Publishers mostly send a run of messages to one exchange with one key; while the
+/// vhost's topology generation stays the same, each of them reuses this result instead of
+/// taking the exchange's lock, hashing the key and walking the bindings again. Only
+/// results that depend on nothing else are kept (see `Session::route`).
+#[derive(Default)]
+pub struct RouteCache {
+    /// Identity only, never dereferenced; a different exchange (even one declared anew at
+    /// the same address) comes with a new topology generation.
+    exchange: usize,
+    routing_key: Vec<u8>,
+    generation: u64,
+    queues: Vec<std::sync::Arc<ferrymq_broker::queue::QueueHandle>>,
+    valid: bool,
+}
+
+impl RouteCache {
+    /// The queues cached for this publish, if the cache holds it.
+    pub fn get(
+        &self,
+        exchange: &std::sync::Arc<ferrymq_broker::exchange::Exchange>,
+        routing_key: &[u8],
+        generation: u64,
+    ) -> Option<&[std::sync::Arc<ferrymq_broker::queue::QueueHandle>]> {
+        (self.valid
+            && self.generation == generation
+            && self.exchange == std::sync::Arc::as_ptr(exchange) as usize
+            && self.routing_key == routing_key)
+            .then_some(self.queues.as_slice())
+    }
+
+    /// Keeps a routing result, reusing the cache's buffers.
+    pub fn set(
+        &mut self,
+        exchange: &std::sync::Arc<ferrymq_broker::exchange::Exchange>,
+        routing_key: &[u8],
+        generation: u64,
+        queues: &[std::sync::Arc<ferrymq_broker::queue::QueueHandle>],
+    ) {
+        self.exchange = std::sync::Arc::as_ptr(exchange) as usize;
+        self.routing_key.clear();
+        self.routing_key.extend_from_slice(routing_key);
+        self.generation = generation;
+        self.queues.clear();
+        self.queues.extend(queues.iter().cloned());
+        self.valid = true;
+    }
+}
+
 /// What a transaction holds until tx.commit. Its acks, nacks and rejects are marks on the
 /// channel's unacked deliveries ([`Unacked::in_tx`]).
 #[derive(Default)]
@@ -174,6 +223,8 @@ pub struct Channel {
     /// The exchange the last publish went to: publishers mostly use one, and this spares
     /// each publish a lookup under the vhost's lock.
     pub last_exchange: Option<std::sync::Arc<ferrymq_broker::exchange::Exchange>>,
+    /// Where the last routed publish went (see [`RouteCache`]).
+    pub route_cache: RouteCache,
     /// The direct reply-to consumer: (consumer tag, the reply_to address handed out for it).
     pub reply_consumer: Option<(ShortStr, ShortStr)>,
 }
@@ -194,6 +245,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             last_exchange: None,
+            route_cache: RouteCache::default(),
             reply_consumer: None,
         }
     }

@@ -226,7 +226,7 @@ impl Session {
         else {
             return;
         };
-        let (message, mut queues, dedup) = self.route(exchange, message);
+        let (message, mut queues, dedup) = self.route(id, exchange, message);
         let message = Arc::new(message);
         // A reply to a direct reply-to address goes straight to the requester's channel.
         let replied = exchange.is_default()
@@ -323,19 +323,31 @@ impl Session {
     /// message before it is stored (RabbitMQ's sender-selected distribution).
     fn route(
         &mut self,
+        id: u16,
         exchange: &Arc<Exchange>,
         mut message: Message,
     ) -> (Message, Vec<Arc<QueueHandle>>, DedupOutcome) {
         // Reused from publish to publish: routing must not allocate per message.
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
-        let headers = if exchange.kind() == ferrymq_broker::exchange::ExchangeType::Headers
-            || !message.properties.is_empty()
-        {
+        let by_headers = exchange.kind() == ferrymq_broker::exchange::ExchangeType::Headers;
+        let headers = if by_headers || !message.properties.is_empty() {
             message.properties.headers()
         } else {
             None
         };
+        // Without headers (no CC/BCC, nothing for a headers exchange to match) the result
+        // is a function of the exchange, the key and the topology: the channel's cache may
+        // hold it. Read the generation first, so that a change made while routing misses.
+        let cacheable = headers.is_none() && !by_headers;
+        let generation = self.vhost.topology_generation();
+        if cacheable {
+            let cache = &self.channel(id).route_cache;
+            if let Some(hit) = cache.get(exchange, message.routing_key.as_bytes(), generation) {
+                queues.extend(hit.iter().cloned());
+                return (message, queues, DedupOutcome::default());
+            }
+        }
         let extra = headers
             .as_ref()
             .map(|h| (header_strings(h.get("CC")), header_strings(h.get("BCC"))));
@@ -348,8 +360,15 @@ impl Session {
                 keys.extend(cc.iter().map(String::as_str));
                 keys.extend(bcc.iter().map(String::as_str));
             }
-            self.vhost
+            let pure = self
+                .vhost
                 .route(exchange, &keys, headers.as_ref(), &mut queues, &mut dedup);
+            if cacheable && pure {
+                let key = message.routing_key.as_bytes();
+                self.channel(id)
+                    .route_cache
+                    .set(exchange, key, generation, &queues);
+            }
         }
         let dedup = dedup.outcome;
         if extra.as_ref().is_some_and(|(_, bcc)| !bcc.is_empty()) {

@@ -63,7 +63,7 @@ impl VHost {
         source.validate_binding(&arguments)?;
         // Kept while the binding lives: copies, not slices of a client's read buffer.
         let (routing_key, arguments) = (routing_key.detached(), arguments.detached());
-        let mut defs = self.definitions.lock();
+        let mut defs = self.lock_definitions();
         if source.is_deleted() {
             return Err(BrokerError::no_exchange(&source.name, &self.name));
         }
@@ -102,7 +102,7 @@ impl VHost {
         arguments: &FieldTable,
     ) -> Result<()> {
         check_not_default(source, destination)?;
-        let mut defs = self.definitions.lock();
+        let mut defs = self.lock_definitions();
         let name = destination_name(destination);
         let key = (name.clone(), routing_key.clone());
         let Some(group) = defs

@@ -41,7 +41,7 @@ impl VHost {
         if passive {
             return self.exchange_or_404(name);
         }
-        let _defs = self.definitions.lock();
+        let _defs = self.lock_definitions();
         if let Some(existing) = self.exchange(name) {
             check_exchange_equivalence(&existing, &config, &self.name)?;
             return Ok(existing);
@@ -133,7 +133,7 @@ impl VHost {
                 self.name
             )));
         }
-        let mut defs = self.definitions.lock();
+        let mut defs = self.lock_definitions();
         let Some(exchange) = self.exchange(name) else {
             return Ok(());
         };
@@ -198,7 +198,7 @@ impl VHost {
         };
         crate::queue::arguments::QueueArgs::validate(&config.arguments, &name, &self.name)?;
         let existing = {
-            let _defs = self.definitions.lock();
+            let _defs = self.lock_definitions();
             match self.queue(&name) {
                 Some(existing) => existing,
                 None => {
@@ -259,7 +259,7 @@ impl VHost {
 
     /// Called by a queue's own task as it ends: removes the queue and its bindings.
     pub(crate) fn forget_queue(&self, queue: &Arc<QueueHandle>) {
-        let mut defs = self.definitions.lock();
+        let mut defs = self.lock_definitions();
         {
             let mut queues = self.queues.write();
             match queues.get(queue.name.as_str()) {

@@ -11,10 +11,11 @@ mod declare;
 mod equivalence;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use ferrymq_wire::{FieldTable, ShortStr};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use smallvec::SmallVec;
 
 use crate::definitions::{BindingDefinition, Definition};
@@ -34,7 +35,12 @@ pub struct VHost {
     name: Arc<str>,
     exchanges: RwLock<HashMap<ShortStr, Arc<Exchange>>>,
     queues: RwLock<HashMap<ShortStr, Arc<QueueHandle>>>,
+    /// Taken through [`VHost::lock_definitions`], which bumps `topology_generation`.
     definitions: Mutex<Definitions>,
+    /// Bumped as every holder of the `definitions` lock lets it go, after any change of
+    /// exchanges, queues or bindings. A publisher may reuse a routing result for as long as
+    /// this stays the same (see [`VHost::route`]).
+    topology_generation: AtomicU64,
     /// Where durable definitions and queues are kept; `None`: everything in memory.
     storage: Option<Arc<BrokerStorage>>,
     /// Direct reply-to consumers of this vhost, by the address handed out for them.
@@ -86,6 +92,7 @@ impl VHost {
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             definitions: Mutex::new(Definitions::default()),
+            topology_generation: AtomicU64::new(0),
             direct_replies: Default::default(),
             this: this.clone(),
             policies,
@@ -107,6 +114,20 @@ impl VHost {
             }
         }
         vhost
+    }
+
+    /// The `definitions` lock, for any change of topology (see `topology_generation`).
+    fn lock_definitions(&self) -> DefinitionsGuard<'_> {
+        DefinitionsGuard {
+            definitions: self.definitions.lock(),
+            generation: &self.topology_generation,
+        }
+    }
+
+    /// Changes whenever the topology may have changed: a routing result computed after
+    /// reading this stays right while it reads the same.
+    pub fn topology_generation(&self) -> u64 {
+        self.topology_generation.load(Ordering::Acquire)
     }
 
     pub fn name(&self) -> &str {
@@ -215,6 +236,9 @@ impl VHost {
     /// first, then any CC/BCC keys. Each queue appears once in `out`. A deduplication
     /// exchange on the way asks `dedup` whether the message passes; one it drops is neither
     /// routed further nor sent to an alternate exchange (see [`crate::dedup`]).
+    ///
+    /// Returns whether the result depends on nothing but `exchange`, `keys`, `headers` and
+    /// the topology: false once a deduplication exchange was asked about this message.
     pub fn route(
         &self,
         exchange: &Arc<Exchange>,
@@ -222,7 +246,8 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<QueueHandle>>,
         dedup: &mut crate::dedup::DedupProbe<'_>,
-    ) {
+    ) -> bool {
+        let mut pure = true;
         let mut pending: SmallVec<[Arc<Exchange>; 4]> = SmallVec::new();
         let mut visited: SmallVec<[usize; 8]> = SmallVec::new();
         pending.push(Arc::clone(exchange));
@@ -232,8 +257,11 @@ impl VHost {
                 continue;
             }
             visited.push(address);
-            if x.dedup.as_ref().is_some_and(|cache| dedup.drops(cache)) {
-                continue;
+            if let Some(cache) = &x.dedup {
+                pure = false;
+                if dedup.drops(cache) {
+                    continue;
+                }
             }
             let found_before = out.len() + pending.len();
             if x.is_default() {
@@ -256,6 +284,34 @@ impl VHost {
             }
         }
         dedup_by_address(out);
+        pure
+    }
+}
+
+/// The `definitions` lock; letting it go bumps the topology generation, after whatever
+/// its holder changed (a holder that changed nothing costs routing caches one miss).
+struct DefinitionsGuard<'a> {
+    definitions: MutexGuard<'a, Definitions>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for DefinitionsGuard<'_> {
+    type Target = Definitions;
+    fn deref(&self) -> &Definitions {
+        &self.definitions
+    }
+}
+
+impl std::ops::DerefMut for DefinitionsGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Definitions {
+        &mut self.definitions
+    }
+}
+
+impl Drop for DefinitionsGuard<'_> {
+    fn drop(&mut self) {
+        // Release: whoever reads the new generation also sees the changes made under it.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
