@@ -13,8 +13,9 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
+use ferrymq_broker::message::Message;
 use ferrymq_wire as frame;
-use ferrymq_wire::{frame_type, ContentHeader, Method, Properties};
+use ferrymq_wire::{frame_type, Method, Properties, ShortStr};
 use tokio::net::TcpStream;
 
 /// Bodies up to this size are copied into the frame buffer: cheaper than an extra iovec.
@@ -51,6 +52,28 @@ impl Outbox {
         self.queued_bytes += self.scratch.len() - before;
     }
 
+    /// A basic.deliver method frame (see [`frame::encode_basic_deliver`]).
+    pub fn deliver(
+        &mut self,
+        channel: u16,
+        consumer_tag: &ShortStr,
+        delivery_tag: u64,
+        redelivered: bool,
+        message: &Message,
+    ) {
+        let before = self.scratch.len();
+        frame::encode_basic_deliver(
+            &mut self.scratch,
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            &message.exchange,
+            &message.routing_key,
+        );
+        self.queued_bytes += self.scratch.len() - before;
+    }
+
     pub fn heartbeat(&mut self) {
         let before = self.scratch.len();
         frame::encode_heartbeat(&mut self.scratch);
@@ -64,14 +87,15 @@ impl Outbox {
 
     /// A content header and the body frames of a message (after its method frame).
     pub fn content(&mut self, channel: u16, properties: &Properties, body: &Bytes) {
-        let header = ContentHeader {
-            class_id: CLASS_BASIC,
-            weight: 0,
-            body_size: body.len() as u64,
-            properties: properties.clone(),
-        };
         let before = self.scratch.len();
-        frame::encode_header(&mut self.scratch, channel, &header);
+        frame::encode_header_parts(
+            &mut self.scratch,
+            channel,
+            CLASS_BASIC,
+            0,
+            body.len() as u64,
+            properties,
+        );
         self.queued_bytes += self.scratch.len() - before;
         // frame_max 0 means "no limit": one body frame, not one frame per byte.
         let payload_max = frame::body_payload_max_bytes(self.frame_max_bytes).max(1);

@@ -20,8 +20,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::WireError;
-use crate::method::{frame_type, Method, SPEC_FRAME_END, SPEC_FRAME_MIN_SIZE};
+use crate::method::{frame_type, BasicDeliver, Method, SPEC_FRAME_END, SPEC_FRAME_MIN_SIZE};
 use crate::properties::Properties;
+use crate::put::put_shortstr;
+use crate::ShortStr;
 
 pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
 pub const FRAME_END: u8 = 0xCE;
@@ -203,14 +205,61 @@ pub fn encode_method(dst: &mut BytesMut, channel: u16, method: &Method) {
     dst.put_u8(FRAME_END);
 }
 
+/// A `basic.deliver` frame from borrowed fields: the same bytes as [`encode_method`] with a
+/// [`Method::BasicDeliver`], without building one. Building one takes clones of the
+/// message's exchange and routing key, two reference counts per delivery on the buffer the
+/// publisher's frame was read into, a cache line the publishing connection's thread is
+/// writing too.
+pub fn encode_basic_deliver(
+    dst: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &ShortStr,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &ShortStr,
+    routing_key: &ShortStr,
+) {
+    // class and method ids, three shortstrs with their lengths, the tag, the flag octet
+    let size = 2 + 2 + 3 + consumer_tag.len() + 8 + 1 + exchange.len() + routing_key.len();
+    encode_frame_start(dst, frame_type::METHOD, channel, size as u32);
+    dst.put_u16(BasicDeliver::CLASS_ID);
+    dst.put_u16(BasicDeliver::METHOD_ID);
+    put_shortstr(dst, consumer_tag);
+    dst.put_u64(delivery_tag);
+    dst.put_u8(u8::from(redelivered));
+    put_shortstr(dst, exchange);
+    put_shortstr(dst, routing_key);
+    dst.put_u8(FRAME_END);
+}
+
 pub fn encode_header(dst: &mut BytesMut, channel: u16, header: &ContentHeader) {
-    let size = CONTENT_HEADER_FIXED_BYTES + header.properties.len();
+    encode_header_parts(
+        dst,
+        channel,
+        header.class_id,
+        header.weight,
+        header.body_size,
+        &header.properties,
+    );
+}
+
+/// [`encode_header`] from borrowed parts: a delivery's properties are the message's, shared,
+/// and a clone of them per delivery would be a reference count on a shared buffer.
+pub fn encode_header_parts(
+    dst: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    weight: u16,
+    body_size: u64,
+    properties: &Properties,
+) {
+    let size = CONTENT_HEADER_FIXED_BYTES + properties.len();
     let size = u32::try_from(size).expect("content header of 4 GiB or more");
     encode_frame_start(dst, frame_type::HEADER, channel, size);
-    dst.put_u16(header.class_id);
-    dst.put_u16(header.weight);
-    dst.put_u64(header.body_size);
-    dst.put_slice(header.properties.as_bytes());
+    dst.put_u16(class_id);
+    dst.put_u16(weight);
+    dst.put_u64(body_size);
+    dst.put_slice(properties.as_bytes());
     dst.put_u8(FRAME_END);
 }
 
@@ -436,6 +485,32 @@ mod tests {
         encode_frame_start(&mut dst, frame_type::BODY, 0x0102, 0x03040506);
         assert_eq!(&dst[..], &[3, 1, 2, 3, 4, 5, 6]);
         assert_eq!(body_payload_max_bytes(4096), 4088);
+    }
+
+    #[test]
+    fn basic_deliver_from_borrowed_fields_encodes_as_the_method_does() {
+        for (tag, exchange, key) in [("ctag-1", "amq.direct", "rk"), ("", "", ""), ("t", "", "k")] {
+            let deliver = BasicDeliver {
+                consumer_tag: ShortStr::from(tag),
+                delivery_tag: 0x0102_0304_0506_0708,
+                redelivered: true,
+                exchange: ShortStr::from(exchange),
+                routing_key: ShortStr::from(key),
+            };
+            let mut expected = BytesMut::new();
+            encode_method(&mut expected, 7, &Method::BasicDeliver(deliver.clone()));
+            let mut got = BytesMut::new();
+            encode_basic_deliver(
+                &mut got,
+                7,
+                &deliver.consumer_tag,
+                deliver.delivery_tag,
+                deliver.redelivered,
+                &deliver.exchange,
+                &deliver.routing_key,
+            );
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

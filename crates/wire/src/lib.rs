@@ -31,10 +31,10 @@ pub use basic_properties::BasicProperties;
 pub use error::WireError;
 pub use field_table::{FieldTable, FieldValue, TABLE_DEPTH_MAX};
 pub use frame::{
-    body_payload_max_bytes, decode_frame, encode_body, encode_frame_start, encode_header,
-    encode_heartbeat, encode_method, ContentHeader, Frame, CONTENT_HEADER_FIXED_BYTES, FRAME_END,
-    FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD_BYTES, FRAME_SIZE_FUDGE_BYTES,
-    PROTOCOL_HEADER,
+    body_payload_max_bytes, decode_frame, encode_basic_deliver, encode_body, encode_frame_start,
+    encode_header, encode_header_parts, encode_heartbeat, encode_method, ContentHeader, Frame,
+    CONTENT_HEADER_FIXED_BYTES, FRAME_END, FRAME_HEADER_SIZE, FRAME_MIN_SIZE, FRAME_OVERHEAD_BYTES,
+    FRAME_SIZE_FUDGE_BYTES, PROTOCOL_HEADER,
 };
 pub use method::*;
 pub use properties::Properties;

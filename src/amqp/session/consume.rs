@@ -243,15 +243,13 @@ impl Session {
             });
         }
         let message = &delivery.message;
-        let deliver = BasicDeliver {
-            consumer_tag: delivery.consumer_tag,
+        self.outbox.deliver(
+            delivery.channel,
+            &delivery.consumer_tag,
             delivery_tag,
-            redelivered: delivery.redelivered,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-        };
-        self.outbox
-            .method(delivery.channel, &Method::BasicDeliver(deliver));
+            delivery.redelivered,
+            message,
+        );
         self.outbox
             .content(delivery.channel, &message.properties, &message.body);
     }
