@@ -34,10 +34,17 @@ fn window_charge(body_size: usize) -> usize {
     body_size + DELIVERY_OVERHEAD_BYTES
 }
 
+/// Deliveries a queue hands a client in one event, at most: one mailbox operation (and
+/// wake-up) for a run of deliveries instead of one each, while a batch still adds little
+/// to the connection's outbox beyond its high watermark.
+pub const DELIVERY_BATCH_MAX: usize = 64;
+
 /// Events queues send to a client (a protocol connection).
 #[derive(Debug)]
 pub enum ClientEvent {
     Deliver(Delivery),
+    /// Deliveries from one queue's dispatch, in order (2 to [`DELIVERY_BATCH_MAX`]).
+    DeliverMany(Vec<Delivery>),
     /// The publish with this sequence number on this channel is safely enqueued (ack) or
     /// was refused by a queue (nack).
     Confirm {
@@ -120,15 +127,32 @@ impl ClientHandle {
     /// Sends a delivery and charges its body to the client's window. A send to a closed
     /// client is dropped: the client's channels requeue everything they held when closing.
     pub fn deliver(&self, delivery: Delivery) {
-        let size = window_charge(delivery.message.body_size());
-        self.in_flight_bytes.fetch_add(size, Ordering::AcqRel);
+        self.charge(delivery.message.body_size());
         let _ = self.tx.send(ClientEvent::Deliver(delivery));
     }
 
-    /// Called by the client once a delivery is encoded. Returns true when this release took
-    /// the window from full to open, so the caller must wake the queues feeding it.
-    pub fn release(&self, body_size: usize) -> bool {
-        let size = window_charge(body_size);
+    /// Charges a delivery to the window as it is decided, so that [`Self::is_congested`]
+    /// counts it before [`Self::send_deliveries`] hands it over with others.
+    pub fn charge(&self, body_size: usize) {
+        self.in_flight_bytes
+            .fetch_add(window_charge(body_size), Ordering::AcqRel);
+    }
+
+    /// Sends deliveries already charged with [`Self::charge`]; empties `batch`.
+    pub fn send_deliveries(&self, batch: &mut Vec<Delivery>) {
+        let event = match batch.len() {
+            0 => return,
+            1 => ClientEvent::Deliver(batch.pop().expect("one delivery")),
+            _ => ClientEvent::DeliverMany(std::mem::take(batch)),
+        };
+        let _ = self.tx.send(event);
+    }
+
+    /// Called by the client once deliveries are encoded: `count` of them with `body_bytes`
+    /// of bodies in all. Returns true when this release took the window from full to open,
+    /// so the caller must wake the queues feeding it.
+    pub fn release(&self, body_bytes: usize, count: usize) -> bool {
+        let size = body_bytes + count * DELIVERY_OVERHEAD_BYTES;
         let before = self.in_flight_bytes.fetch_sub(size, Ordering::AcqRel);
         before >= self.in_flight_window_bytes && before - size < self.in_flight_window_bytes
     }

@@ -208,8 +208,26 @@ impl Session {
 
     /// A delivery from a queue to one of this connection's consumers.
     pub(super) fn deliver(&mut self, delivery: Delivery) {
-        let body_size = delivery.message.body_size();
-        let window_reopened = self.client.release(body_size);
+        let window_reopened = self.client.release(delivery.message.body_size(), 1);
+        self.deliver_released(delivery);
+        if window_reopened {
+            self.wake_all_queues();
+        }
+    }
+
+    /// A queue's batch of deliveries: the window is released once for all of them.
+    pub(super) fn deliver_many(&mut self, deliveries: Vec<Delivery>) {
+        let body_bytes = deliveries.iter().map(|d| d.message.body_size()).sum();
+        let window_reopened = self.client.release(body_bytes, deliveries.len());
+        for delivery in deliveries {
+            self.deliver_released(delivery);
+        }
+        if window_reopened {
+            self.wake_all_queues();
+        }
+    }
+
+    fn deliver_released(&mut self, delivery: Delivery) {
         let known = self.channels.get(&delivery.channel).is_some_and(|c| {
             c.state == ChannelState::Open
                 && c.epoch == delivery.epoch
@@ -222,9 +240,6 @@ impl Session {
         }
         // Otherwise the channel closed (or was reopened) meanwhile: its queues already took
         // back everything it held, this message included.
-        if window_reopened {
-            self.wake_all_queues();
-        }
     }
 
     fn write_delivery(&mut self, delivery: Delivery) {

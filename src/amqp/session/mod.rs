@@ -394,6 +394,7 @@ impl Session {
     pub fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::Deliver(delivery) => self.deliver(delivery),
+            ClientEvent::DeliverMany(deliveries) => self.deliver_many(deliveries),
             ClientEvent::Confirm {
                 channel,
                 epoch,

@@ -33,7 +33,7 @@ use super::pace::{Depth, PaceMeter};
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::priority::Levels;
 use super::QueueHandle;
-use crate::client::{ClientEvent, ClientId, Delivery};
+use crate::client::{ClientEvent, ClientHandle, ClientId, Delivery, DELIVERY_BATCH_MAX};
 use crate::error::{BrokerError, Result};
 use crate::message::{unix_ms as now_ms, Message};
 use crate::vhost::VHost;
@@ -980,6 +980,10 @@ impl QueueState {
 
     /// Hands ready messages to consumers round-robin while any consumer has credit.
     fn dispatch(&mut self) {
+        // Deliveries to one client go out together (see `DELIVERY_BATCH_MAX`); a batch is
+        // sent when the next delivery is for another client, when full, and at the end.
+        let mut batch: Vec<Delivery> = Vec::new();
+        let mut batch_client: Option<Arc<ClientHandle>> = None;
         while !self.backlog.is_empty() && !self.consumers.is_empty() {
             let Some(index) = self.next_consumer_with_credit() else {
                 break;
@@ -995,7 +999,20 @@ impl QueueState {
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
             self.pace.delivered();
-            spec.client.deliver(Delivery {
+            if batch_client
+                .as_ref()
+                .is_some_and(|c| !Arc::ptr_eq(c, &spec.client))
+                || batch.len() >= DELIVERY_BATCH_MAX
+            {
+                if let Some(client) = &batch_client {
+                    client.send_deliveries(&mut batch);
+                }
+            }
+            if batch.is_empty() {
+                batch_client = Some(Arc::clone(&spec.client));
+            }
+            spec.client.charge(message.body_size());
+            batch.push(Delivery {
                 channel: spec.channel,
                 epoch: spec.epoch,
                 consumer_tag: spec.tag.clone(),
@@ -1019,6 +1036,9 @@ impl QueueState {
                 };
                 self.unacked.insert(held.entry.id, held);
             }
+        }
+        if let Some(client) = &batch_client {
+            client.send_deliveries(&mut batch);
         }
     }
 
