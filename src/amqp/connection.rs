@@ -9,8 +9,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
+
+use atomic_waker::AtomicWaker;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -645,14 +648,63 @@ fn changed<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>) -> Changed<T> {
     })
 }
 
+/// Wakes the connection task and notes that it did, so that the future it was handed to is
+/// polled again only then. A pending watch `changed()` takes its watch's lock on every poll,
+/// and every connection waits on the same two watches.
+struct FlagWaker {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A future polled only after its [`FlagWaker`] fired (and once at first).
+struct Flagged<F> {
+    future: F,
+    flag: Arc<FlagWaker>,
+    waker: Waker,
+}
+
+impl<F: Future + Unpin> Flagged<F> {
+    fn new(future: F) -> Self {
+        let flag = Arc::new(FlagWaker {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(Arc::clone(&flag));
+        Flagged {
+            future,
+            flag,
+            waker,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.future).poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
 /// The waits of the connection loop that outlive one turn. The loop turns once per wake-up,
 /// and a fresh `sleep` or `changed()` per turn costs a lock to register and another to drop.
 /// So the one timer (heartbeats and pacing) moves only when it must fire sooner; when it
 /// fires early, the loop finds nothing due and sets it again.
 struct Waits {
-    shutdown: Changed<bool>,
+    shutdown: Flagged<Changed<bool>>,
     /// `None` once the alarm monitor is gone.
-    alarms: Option<Changed<crate::alarm::Alarms>>,
+    alarms: Option<Flagged<Changed<crate::alarm::Alarms>>>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     far_future: Instant,
@@ -665,8 +717,8 @@ impl Waits {
         far_future: Instant,
     ) -> Self {
         Waits {
-            shutdown: changed(shutdown.clone()),
-            alarms: Some(changed(alarms.clone())),
+            shutdown: Flagged::new(changed(shutdown.clone())),
+            alarms: Some(Flagged::new(changed(alarms.clone()))),
             timer: Box::pin(sleep_until(far_future)),
             timer_at: far_future,
             far_future,
@@ -690,14 +742,14 @@ impl Waits {
     ) -> Poll<Woke> {
         let mut woke = Woke::default();
         let mut ready = false;
-        if self.shutdown.as_mut().poll(cx).is_ready() {
+        if self.shutdown.poll(cx).is_ready() {
             woke.shutdown = true;
             return Poll::Ready(woke);
         }
         if let Some(alarms) = self.alarms.as_mut() {
-            if let Poll::Ready((live, rx)) = alarms.as_mut().poll(cx) {
+            if let Poll::Ready((live, rx)) = alarms.poll(cx) {
                 // A change only matters to the next turn, which reads the current alarms.
-                self.alarms = live.then(|| changed(rx));
+                self.alarms = live.then(|| Flagged::new(changed(rx)));
                 ready = true;
             }
         }
