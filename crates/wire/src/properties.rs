@@ -150,8 +150,46 @@ impl Properties {
         self.field(index)?.shortstr().ok()
     }
 
+    /// Where the value of property `index` starts, if present, found by walking the raw
+    /// bytes in place. A cursor (as [`Properties::field`] sets up) holds a clone of the
+    /// buffer handle, a reference count on the buffer the frame was read into; this is for
+    /// fixed-size values, read on every publish. Lengths that run past the end read as
+    /// absent, as malformed bytes do through a cursor.
+    fn offset(&self, index: usize) -> Option<usize> {
+        let raw = &self.0[..];
+        let word = |at: usize| {
+            raw.get(at..at + 2)
+                .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        };
+        let flags = word(0)?;
+        if flags & flag(index) == 0 {
+            return None;
+        }
+        let mut at = 2;
+        let mut last = flags;
+        while last & CONTINUATION != 0 {
+            last = word(at)?;
+            at += 2;
+        }
+        for (i, kind) in KINDS.iter().enumerate().take(index) {
+            if flags & flag(i) == 0 {
+                continue;
+            }
+            at += match kind {
+                Kind::ShortStr => 1 + usize::from(*raw.get(at)?),
+                Kind::Table => {
+                    let size = raw.get(at..at + 4)?;
+                    4 + u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize
+                }
+                Kind::Octet => 1,
+                Kind::Timestamp => 8,
+            };
+        }
+        Some(at)
+    }
+
     fn octet(&self, index: usize) -> Option<u8> {
-        self.field(index)?.octet().ok()
+        self.0.get(self.offset(index)?).copied()
     }
 
     pub fn content_type(&self) -> Option<ShortStr> {
@@ -254,6 +292,23 @@ mod tests {
             kind: Some("order.created".into()),
             cluster_id: Some("c1".into()),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn octets_read_in_place_agree_with_the_cursor_and_never_overrun() {
+        let mut full = sample();
+        full.priority = Some(7);
+        full.correlation_id = Some("corr".into());
+        let p = full.encode();
+        assert_eq!((p.delivery_mode(), p.priority()), (Some(2), Some(7)));
+        let via_cursor = |p: &Properties, i| p.field(i).and_then(|mut c| c.octet().ok());
+        assert_eq!(p.priority(), via_cursor(&p, 4));
+        // Every truncation: an answer or none, never a read past the end.
+        let raw = p.as_bytes().to_vec();
+        for len in 0..raw.len() {
+            let cut = Properties::from_bytes(Bytes::copy_from_slice(&raw[..len]));
+            let _ = (cut.delivery_mode(), cut.priority());
         }
     }
 
