@@ -366,16 +366,18 @@ mod tests {
     /// Appends persistent records with these body sizes (seq = index) and syncs them.
     fn write_persistent(dir: &Path, segment_size_bytes: u64, sizes: &[usize]) -> Vec<Position> {
         let (mut log, _) = QueueLog::open(dir, segment_size_bytes).unwrap();
-        let positions = sizes
-            .iter()
-            .enumerate()
-            .map(|(seq, &len)| {
-                log.append(&record(seq as u64, RecordKind::Persistent, len))
-                    .unwrap()
-            })
-            .collect();
+        let positions = append_all(&mut log, RecordKind::Persistent, sizes);
         log.sync().unwrap();
         positions
+    }
+
+    /// Appends one record per size, numbered from 0, and returns where they went.
+    fn append_all(log: &mut QueueLog, kind: RecordKind, sizes: &[usize]) -> Vec<Position> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(seq, &len)| log.append(&record(seq as u64, kind, len)).unwrap())
+            .collect()
     }
 
     fn seqs(recovered: &Recovered) -> Vec<u64> {
@@ -585,14 +587,7 @@ mod tests {
             })
             .collect();
         let (mut log, _) = QueueLog::open(dir.path(), 4 << 20).unwrap();
-        let positions: Vec<Position> = sizes
-            .iter()
-            .enumerate()
-            .map(|(seq, &len)| {
-                log.append(&record(seq as u64, RecordKind::Transient, len))
-                    .unwrap()
-            })
-            .collect();
+        let positions = append_all(&mut log, RecordKind::Transient, &sizes);
         assert!(positions.last().unwrap().segment > positions[0].segment);
         let mut ahead = ReadAhead::default();
         for (seq, &position) in positions.iter().enumerate() {
