@@ -150,6 +150,22 @@ async fn publish_confirmed(
     within(confirm).await.unwrap()
 }
 
+/// Publishes mandatory in confirm mode and returns the basic.return the ack carried,
+/// checking it is 312 NO_ROUTE.
+async fn publish_unroutable(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> lapin::message::BasicReturnMessage {
+    let answer = publish_confirmed(ch, exchange, key, true, body).await;
+    let Confirmation::Ack(Some(returned)) = answer else {
+        panic!("expected an ack carrying the return, got {answer:?}");
+    };
+    assert_eq!(returned.reply_code, 312);
+    returned
+}
+
 // ---------------------------------------------------------------------------------------
 // direct / fanout
 
@@ -602,11 +618,7 @@ async fn missing_alternate_exchange_leaves_the_message_unroutable() {
         table(&[("alternate-exchange", long("no-such-ae"))]),
     )
     .await;
-    let answer = publish_confirmed(&ch, "x", "k", true, b"back").await;
-    let Confirmation::Ack(Some(returned)) = answer else {
-        panic!("expected a return, got {answer:?}");
-    };
-    assert_eq!(returned.reply_code, 312);
+    let returned = publish_unroutable(&ch, "x", "k", b"back").await;
     assert_eq!(returned.delivery.data, b"back");
 }
 
@@ -709,12 +721,8 @@ async fn mandatory_unroutable_is_returned_with_312_no_route() {
         .await
         .unwrap();
     exchange(&ch, "d", ExchangeKind::Direct, FieldTable::default()).await;
-    let answer = publish_confirmed(&ch, "d", "nowhere", true, b"come back").await;
     // rabbit_channel:process_routing_mandatory → basic.return before the ack.
-    let Confirmation::Ack(Some(returned)) = answer else {
-        panic!("expected an ack carrying the return, got {answer:?}");
-    };
-    assert_eq!(returned.reply_code, 312);
+    let returned = publish_unroutable(&ch, "d", "nowhere", b"come back").await;
     assert_eq!(returned.reply_text.as_str(), "NO_ROUTE");
     assert_eq!(returned.delivery.exchange.as_str(), "d");
     assert_eq!(returned.delivery.routing_key.as_str(), "nowhere");
@@ -905,17 +913,13 @@ async fn repeated_publishes_follow_topology_changes_made_elsewhere() {
     within(admin.queue_delete("b".into(), Default::default()))
         .await
         .unwrap();
+    // A deleted queue's messages come back.
     for _ in 0..2 {
-        let answer = publish_confirmed(&ch, "x", "k", true, b"4").await;
-        assert!(
-            matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312),
-            "a deleted queue's messages must come back, got {answer:?}"
-        );
+        publish_unroutable(&ch, "x", "k", b"4").await;
     }
 
     // The default exchange: a queue declared after the first publish gets the next ones.
-    let answer = publish_confirmed(&ch, "", "c", true, b"5").await;
-    assert!(matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312));
+    publish_unroutable(&ch, "", "c", b"5").await;
     queue(&admin, "c").await;
     publish_twice(&ch, "", "c", "5").await;
     assert_eq!(drain(&ch, "c").await, ["5", "5"]);
@@ -928,8 +932,7 @@ async fn repeated_publishes_follow_topology_changes_made_elsewhere() {
         table(&[("alternate-exchange", long("ae"))]),
     )
     .await;
-    let answer = publish_confirmed(&ch, "y", "z", true, b"6").await;
-    assert!(matches!(&answer, Confirmation::Ack(Some(r)) if r.reply_code == 312));
+    publish_unroutable(&ch, "y", "z", b"6").await;
     exchange(&admin, "ae", ExchangeKind::Fanout, FieldTable::default()).await;
     queue(&admin, "d").await;
     bind(&admin, "d", "ae", "").await;

@@ -139,12 +139,12 @@ impl Confirms {
 #[derive(Default)]
 pub struct RouteCache {
     /// Identity only, never dereferenced; a different exchange (even one declared anew at
-    /// the same address) comes with a new topology generation.
+    /// the same address) comes with a new topology generation. 0 (no exchange's address)
+    /// while empty.
     exchange: usize,
     routing_key: Vec<u8>,
     generation: u64,
     queues: Vec<std::sync::Arc<ferrymq_broker::queue::QueueHandle>>,
-    valid: bool,
 }
 
 impl RouteCache {
@@ -155,8 +155,7 @@ impl RouteCache {
         routing_key: &[u8],
         generation: u64,
     ) -> Option<&[std::sync::Arc<ferrymq_broker::queue::QueueHandle>]> {
-        (self.valid
-            && self.generation == generation
+        (self.generation == generation
             && self.exchange == std::sync::Arc::as_ptr(exchange) as usize
             && self.routing_key == routing_key)
             .then_some(self.queues.as_slice())
@@ -176,7 +175,6 @@ impl RouteCache {
         self.generation = generation;
         self.queues.clear();
         self.queues.extend(queues.iter().cloned());
-        self.valid = true;
     }
 }
 

@@ -124,13 +124,6 @@ impl ClientHandle {
         self.in_flight_bytes.load(Ordering::Acquire) >= self.in_flight_window_bytes
     }
 
-    /// Sends a delivery and charges its body to the client's window. A send to a closed
-    /// client is dropped: the client's channels requeue everything they held when closing.
-    pub fn deliver(&self, delivery: Delivery) {
-        self.charge(delivery.message.body_size());
-        let _ = self.tx.send(ClientEvent::Deliver(delivery));
-    }
-
     /// Charges a delivery to the window as it is decided, so that [`Self::is_congested`]
     /// counts it before [`Self::send_deliveries`] hands it over with others.
     pub fn charge(&self, body_size: usize) {
@@ -138,7 +131,8 @@ impl ClientHandle {
             .fetch_add(window_charge(body_size), Ordering::AcqRel);
     }
 
-    /// Sends deliveries already charged with [`Self::charge`]; empties `batch`.
+    /// Sends deliveries already charged with [`Self::charge`]; empties `batch`. A send to
+    /// a closed client is dropped: its channels requeue everything they held when closing.
     pub fn send_deliveries(&self, batch: &mut Vec<Delivery>) {
         let event = match batch.len() {
             0 => return,

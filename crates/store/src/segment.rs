@@ -181,17 +181,7 @@ impl Segment {
 
     /// [`Segment::record_len`] through `ahead` (see [`Segment::read_ahead`]).
     pub fn record_len_ahead(&self, offset: u32, ahead: &mut ReadAhead) -> Result<u32> {
-        let at = u64::from(offset);
-        let prefix = match ahead.prefix_at(self.number, at) {
-            Some((prefix, _)) => prefix,
-            None => {
-                ahead.fill(self, at, READ_AHEAD_BYTES)?;
-                let (prefix, _) = ahead
-                    .prefix_at(self.number, at)
-                    .ok_or_else(|| self.overrun(offset))?;
-                prefix
-            }
-        };
+        let (prefix, _) = self.prefix_ahead(offset, ahead)?;
         let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
         if size > RECORD_SIZE_MAX_BYTES {
             return Err(self.overrun(offset));
@@ -204,15 +194,7 @@ impl Segment {
     /// record is copied out of the buffer, so messages never pin it.
     pub fn read_ahead(&self, offset: u32, ahead: &mut ReadAhead) -> Result<Record> {
         let at = u64::from(offset);
-        let (prefix, rel) = match ahead.prefix_at(self.number, at) {
-            Some(prefix) => prefix,
-            None => {
-                ahead.fill(self, at, READ_AHEAD_BYTES)?;
-                ahead
-                    .prefix_at(self.number, at)
-                    .ok_or_else(|| self.overrun(offset))?
-            }
-        };
+        let (prefix, rel) = self.prefix_ahead(offset, ahead)?;
         let size = u32::from_be_bytes(prefix[0..4].try_into().expect("4 bytes")) as usize;
         let total = RECORD_PREFIX_BYTES + size;
         if size > RECORD_SIZE_MAX_BYTES || at + total as u64 > self.len_bytes {
@@ -226,6 +208,23 @@ impl Segment {
             0
         };
         self.decode_at(offset, Bytes::copy_from_slice(&ahead.buf[rel..rel + total]))
+    }
+
+    /// The prefix of the record at `offset` and its index in `ahead`, which is refilled
+    /// from there when it does not hold it.
+    fn prefix_ahead(
+        &self,
+        offset: u32,
+        ahead: &mut ReadAhead,
+    ) -> Result<([u8; RECORD_PREFIX_BYTES], usize)> {
+        let at = u64::from(offset);
+        if let Some(found) = ahead.prefix_at(self.number, at) {
+            return Ok(found);
+        }
+        ahead.fill(self, at, READ_AHEAD_BYTES)?;
+        ahead
+            .prefix_at(self.number, at)
+            .ok_or_else(|| self.overrun(offset))
     }
 
     fn overrun(&self, offset: u32) -> StoreError {

@@ -206,28 +206,21 @@ impl Session {
         Ok(())
     }
 
-    /// A delivery from a queue to one of this connection's consumers.
-    pub(super) fn deliver(&mut self, delivery: Delivery) {
-        let window_reopened = self.client.release(delivery.message.body_size(), 1);
-        self.deliver_released(delivery);
-        if window_reopened {
-            self.wake_all_queues();
-        }
-    }
-
-    /// A queue's batch of deliveries: the window is released once for all of them.
-    pub(super) fn deliver_many(&mut self, deliveries: Vec<Delivery>) {
-        let body_bytes = deliveries.iter().map(|d| d.message.body_size()).sum();
-        let window_reopened = self.client.release(body_bytes, deliveries.len());
+    /// Deliveries from a queue to this connection's consumers (one event's worth); their
+    /// window is released once, after they are encoded.
+    pub(super) fn deliver(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
+        let (mut body_bytes, mut count) = (0, 0);
         for delivery in deliveries {
-            self.deliver_released(delivery);
+            body_bytes += delivery.message.body_size();
+            count += 1;
+            self.deliver_one(delivery);
         }
-        if window_reopened {
+        if self.client.release(body_bytes, count) {
             self.wake_all_queues();
         }
     }
 
-    fn deliver_released(&mut self, delivery: Delivery) {
+    fn deliver_one(&mut self, delivery: Delivery) {
         let known = self.channels.get(&delivery.channel).is_some_and(|c| {
             c.state == ChannelState::Open
                 && c.epoch == delivery.epoch
