@@ -1321,3 +1321,50 @@ async fn a_consumer_that_stops_reading_does_not_make_the_broker_buffer_everythin
 
 #[path = "wire_client/mod.rs"]
 mod raw;
+
+/// A connection gathers the publishes of one read per queue and sends them in batches.
+/// A burst in one write, longer than a batch and spread over two queues, arrives whole and
+/// in order, and a get that follows it in the same write finds it there.
+#[tokio::test]
+async fn a_burst_of_publishes_in_one_write_arrives_whole_and_in_order() {
+    use ferrymq_wire::{encode_method, BasicGet, BasicProperties, Method};
+    // More than one batch (the broker's PUBLISH_BATCH_MESSAGES_MAX is 64) for queue "a".
+    const MESSAGES: usize = 200;
+    let broker = TestBroker::start().await;
+    let mut raw = raw::Raw::open(&broker).await;
+    raw.declare_queue(1, "a").await;
+    raw.declare_queue(1, "b").await;
+    let queue_of = |i: usize| if i % 3 == 0 { "b" } else { "a" };
+    let mut out = bytes::BytesMut::new();
+    for i in 0..MESSAGES {
+        let publish = raw::publish_method("", queue_of(i), false);
+        let properties = BasicProperties::default().encode();
+        raw::publish_frames(&mut out, 1, publish, properties, i.to_string().as_bytes());
+    }
+    let get = BasicGet {
+        queue: "a".to_string().into(),
+        no_ack: true,
+        ..Default::default()
+    };
+    encode_method(&mut out, 1, &Method::BasicGet(get));
+    raw.write(&out).await;
+    let expected = |queue: &str| -> Vec<Vec<u8>> {
+        (0..MESSAGES)
+            .filter(|&i| queue_of(i) == queue)
+            .map(|i| i.to_string().into_bytes())
+            .collect()
+    };
+    let (a, b) = (expected("a"), expected("b"));
+    match raw.recv_method().await {
+        (1, Method::BasicGetOk(ok)) => assert_eq!(ok.message_count as usize, a.len() - 1),
+        other => panic!("expected basic.get-ok, got {other:?}"),
+    }
+    assert_eq!(raw.content().await, a[0]);
+    for (queue, expected) in [("a", &a[1..]), ("b", &b[..])] {
+        raw.consume(1, queue, queue, true).await;
+        for body in expected {
+            assert_eq!(&raw.expect_delivery().await.1, body, "queue {queue}");
+        }
+    }
+    raw.assert_quiet().await;
+}

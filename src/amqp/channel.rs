@@ -335,7 +335,12 @@ impl Channel {
     /// Where `tag` is among the outstanding deliveries; 406 when it is not there or was
     /// settled in the open transaction already.
     fn find_unsettled(&self, tag: u64, method: (u16, u16)) -> AmqpResult<usize> {
-        match self.unacked.binary_search_by_key(&tag, |u| u.delivery_tag) {
+        // Most clients ack in delivery order: the oldest delivery is the one acked.
+        let found = match self.unacked.front() {
+            Some(oldest) if oldest.delivery_tag == tag => Ok(0),
+            _ => self.unacked.binary_search_by_key(&tag, |u| u.delivery_tag),
+        };
+        match found {
             Ok(at) if self.unacked[at].in_tx.is_none() => Ok(at),
             _ => Err(unknown_tag(tag, method)),
         }

@@ -235,6 +235,7 @@ impl Connection {
             published: false,
             pace_debt_ns: 0,
             timed_out: Vec::new(),
+            publishes: Default::default(),
             settles: Default::default(),
             route_buf: Vec::new(),
             unfinished: None,
@@ -506,7 +507,7 @@ impl Connection {
                 tokio::task::consume_budget().await;
             }
         }
-        session.flush_settles().await;
+        session.flush_pending().await;
         session.flush_confirms();
         session.close_timed_out_channels().await;
         Ok(())

@@ -114,24 +114,14 @@ impl Raw {
         body: &[u8],
     ) {
         let mut out = BytesMut::new();
-        let publish = BasicPublish {
-            exchange: exchange.to_string().into(),
-            routing_key: routing_key.to_string().into(),
-            mandatory,
-            ..Default::default()
-        };
-        encode_method(&mut out, channel, &Method::BasicPublish(publish));
-        let header = ContentHeader {
-            class_id: 60,
-            weight: 0,
-            body_size: body.len() as u64,
-            properties,
-        };
-        encode_header(&mut out, channel, &header);
-        for chunk in body.chunks(FRAME_MAX_BYTES as usize - 8) {
-            encode_body(&mut out, channel, chunk);
-        }
-        within(self.stream.write_all(&out)).await.unwrap();
+        let publish = publish_method(exchange, routing_key, mandatory);
+        publish_frames(&mut out, channel, publish, properties, body);
+        self.write(&out).await;
+    }
+
+    /// Writes prepared frames in one go, so the broker finds them in one read.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        within(self.stream.write_all(bytes)).await.unwrap();
     }
 
     /// The next frame, skipping heartbeats; `None` when the broker closed the socket.
@@ -272,6 +262,36 @@ impl Raw {
                 None => panic!("connection dropped without connection.close"),
             }
         }
+    }
+}
+
+pub fn publish_method(exchange: &str, routing_key: &str, mandatory: bool) -> BasicPublish {
+    BasicPublish {
+        exchange: exchange.to_string().into(),
+        routing_key: routing_key.to_string().into(),
+        mandatory,
+        ..Default::default()
+    }
+}
+
+/// The frames of one basic.publish, appended to `out`.
+pub fn publish_frames(
+    out: &mut BytesMut,
+    channel: u16,
+    publish: BasicPublish,
+    properties: Properties,
+    body: &[u8],
+) {
+    encode_method(out, channel, &Method::BasicPublish(publish));
+    let header = ContentHeader {
+        class_id: 60,
+        weight: 0,
+        body_size: body.len() as u64,
+        properties,
+    };
+    encode_header(out, channel, &header);
+    for chunk in body.chunks(FRAME_MAX_BYTES as usize - 8) {
+        encode_body(out, channel, chunk);
     }
 }
 

@@ -8,13 +8,14 @@
 mod consume;
 mod definitions;
 mod delayed;
+mod pending;
 mod publish;
 
 use std::sync::Arc;
 
 use ferrymq_broker::auth::User;
 use ferrymq_broker::client::{ClientEvent, ClientHandle};
-use ferrymq_broker::queue::{QueueCmd, QueueHandle, SettleAction};
+use ferrymq_broker::queue::{QueueCmd, QueueHandle};
 use ferrymq_broker::vhost::VHost;
 use ferrymq_wire::{ChannelClose, ChannelCloseOk, ChannelFlowOk, ChannelOpenOk, Frame, Method};
 use rustc_hash::FxHashMap;
@@ -24,6 +25,7 @@ use super::channel::{Channel, ChannelState, SettleKind};
 use super::error::{code, AmqpError, AmqpResult, CloseReason};
 use super::outbox::Outbox;
 use super::Server;
+pub use pending::{PendingPublishes, PendingSettles};
 
 const PUBLISH_IDS: (u16, u16) = (
     ferrymq_wire::BasicPublish::CLASS_ID,
@@ -60,6 +62,8 @@ pub struct Session {
     /// What the last publish left to wait for (a full mailbox, a delayed exchange,
     /// deduplication writes): finished before the next frame (see `finish_publish`).
     pub(crate) unfinished: Option<publish::Unfinished>,
+    /// Publishes not yet sent to their queues (see `PendingPublishes`).
+    pub publishes: PendingPublishes,
     /// Acks, nacks and rejects not yet sent to their queues (see `PendingSettles`).
     pub settles: PendingSettles,
     /// A basic.publish arrived since the connection last looked (resource alarms block
@@ -154,7 +158,7 @@ impl Session {
                 ..
             }
         ) {
-            self.flush_settles().await;
+            self.flush_pending().await;
         }
         let frame = match self.handle_frame_now(frame)? {
             Now::Done => {
@@ -346,7 +350,7 @@ impl Session {
     /// The caller removes the channel entry or marks it Closing.
     async fn release_channel(&mut self, id: u16) {
         // Acks first: the queues must not requeue what the client already acked.
-        self.flush_settles().await;
+        self.flush_pending().await;
         let client = self.client.id;
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
@@ -454,56 +458,6 @@ impl Session {
                 self.outbox.method(channel.id, &method);
             }
         }
-    }
-}
-
-/// Settles gathered while a read batch is handled, grouped by queue, channel and outcome:
-/// a client acking each message of a burst costs its queue one command, not one per ack.
-#[derive(Default)]
-pub struct PendingSettles {
-    settles: Vec<(Arc<QueueHandle>, u16, SettleAction, Vec<u64>)>,
-    /// Channels whose global prefetch reopened: their queues get a wake-up after the settles.
-    wakes: Vec<u16>,
-}
-
-impl PendingSettles {
-    pub fn add(
-        &mut self,
-        queue: Arc<QueueHandle>,
-        channel: u16,
-        action: SettleAction,
-        msg_id: u64,
-    ) {
-        let same = |(q, c, a, _): &&mut (Arc<QueueHandle>, u16, SettleAction, Vec<u64>)| {
-            Arc::ptr_eq(q, &queue) && *c == channel && *a == action
-        };
-        match self.settles.iter_mut().find(same) {
-            Some((_, _, _, ids)) => ids.push(msg_id),
-            None => self.settles.push((queue, channel, action, vec![msg_id])),
-        }
-    }
-
-    pub fn wake(&mut self, channel: u16) {
-        if !self.wakes.contains(&channel) {
-            self.wakes.push(channel);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.settles.is_empty() && self.wakes.is_empty()
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn take(
-        &mut self,
-    ) -> (
-        Vec<(Arc<QueueHandle>, u16, SettleAction, Vec<u64>)>,
-        Vec<u16>,
-    ) {
-        (
-            std::mem::take(&mut self.settles),
-            std::mem::take(&mut self.wakes),
-        )
     }
 }
 

@@ -18,6 +18,7 @@ use ferrymq_wire::{
     TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use super::Session;
@@ -260,11 +261,17 @@ impl Session {
             });
             return;
         }
+        // Gathered per queue and sent when the read is handled (see `pending`); a batch
+        // that fills up goes at once, or waits in `unfinished` if its mailbox is full.
         let mut full = Vec::new();
         for queue in queues.drain(..) {
             let confirm = ticket(waiters.as_deref_mut());
             self.pace_debt_ns += u64::from(queue.pace_ns());
-            if let Err(cmd) = queue.try_publish(Arc::clone(&message), confirm) {
+            let Some((queue, cmd)) = self.publishes.add(&queue, Arc::clone(&message), confirm)
+            else {
+                continue;
+            };
+            if let Err(TrySendError::Full(cmd) | TrySendError::Closed(cmd)) = queue.try_send(cmd) {
                 full.push((queue, cmd));
             }
         }
@@ -285,6 +292,8 @@ impl Session {
     /// Does what the last publish left to wait for. Called before the next frame is
     /// handled, so a queue receives one connection's publishes in order.
     pub async fn finish_publish(&mut self) {
+        // What waits here must reach its queues after the publishes gathered before it.
+        self.flush_publishes().await;
         match self.unfinished.take() {
             None => {}
             Some(Unfinished::Sends(sends)) => {
@@ -465,9 +474,22 @@ impl Session {
         }
     }
 
+    /// Sends what the frames handled so far gathered for the queues (see `pending`):
+    /// publishes first, in the order the client sent them, then settles.
+    pub async fn flush_pending(&mut self) {
+        self.flush_publishes().await;
+        self.flush_settles().await;
+    }
+
+    async fn flush_publishes(&mut self) {
+        for (queue, cmd) in self.publishes.drain() {
+            queue.send(cmd).await;
+        }
+    }
+
     /// Sends the settles gathered since the last flush: one command per queue, channel and
     /// outcome however many acks the client sent in one read, then the wake-ups.
-    pub async fn flush_settles(&mut self) {
+    async fn flush_settles(&mut self) {
         if self.settles.is_empty() {
             return;
         }

@@ -41,6 +41,11 @@ use crate::vhost::VHost;
 /// Commands taken from the mailbox per wake-up before dispatching.
 const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;
 
+/// Messages enqueued before the task dispatches, within one wake-up: publish batches can
+/// carry many messages per command, and consumers should get them before the memory
+/// window fills and later ones are paged out.
+const DISPATCH_EVERY_MESSAGES: usize = 1024;
+
 /// A delivery that is out with a client and not yet settled.
 #[derive(Debug)]
 struct Unacked {
@@ -167,11 +172,17 @@ pub(super) async fn run(
         if received.is_none() || deadline.is_some_and(|d| d <= Instant::now()) {
             state.on_deadline(Instant::now());
         }
+        let mut enqueued = 0;
         for cmd in batch.drain(..) {
             if state.deleted {
                 cmd.settle_undeliverable();
-            } else {
-                state.handle_cmd(cmd);
+                continue;
+            }
+            enqueued += cmd.publish_count();
+            state.handle_cmd(cmd);
+            if enqueued >= DISPATCH_EVERY_MESSAGES && !state.deleted {
+                state.dispatch();
+                enqueued = 0;
             }
         }
         if !state.deleted {
@@ -311,6 +322,11 @@ impl QueueState {
     fn handle_cmd(&mut self, cmd: QueueCmd) {
         match cmd {
             QueueCmd::Publish { message, confirm } => self.publish(message, confirm),
+            QueueCmd::PublishMany(publishes) => {
+                for (message, confirm) in publishes {
+                    self.publish(message, confirm);
+                }
+            }
             QueueCmd::Consume { consumer, reply } => {
                 self.last_used = Instant::now();
                 let _ = reply.send(self.add_consumer(*consumer));

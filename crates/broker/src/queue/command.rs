@@ -105,6 +105,9 @@ pub enum QueueCmd {
         message: Arc<Message>,
         confirm: Option<ConfirmTicket>,
     },
+    /// Several publishes from one connection's read, in order (at most
+    /// [`PUBLISH_BATCH_MESSAGES_MAX`](super::PUBLISH_BATCH_MESSAGES_MAX)).
+    PublishMany(Vec<(Arc<Message>, Option<ConfirmTicket>)>),
     Consume {
         /// Boxed: every slot of a queue's mailbox is as large as the largest command, and
         /// consumes are rare (a queue's mailbox is a large part of what a queue costs).
@@ -155,12 +158,26 @@ impl QueueCmd {
     /// Finishes a command that reached a queue that no longer exists. Confirms are acked
     /// (the message was routed; RabbitMQ does the same); requests fail by dropping `reply`.
     pub(crate) fn settle_undeliverable(self) {
-        if let QueueCmd::Publish {
-            confirm: Some(ticket),
-            ..
-        } = self
-        {
-            ticket.settle(true);
+        match self {
+            QueueCmd::Publish {
+                confirm: Some(ticket),
+                ..
+            } => ticket.settle(true),
+            QueueCmd::PublishMany(publishes) => {
+                for ticket in publishes.into_iter().filter_map(|(_, confirm)| confirm) {
+                    ticket.settle(true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// How many messages the command enqueues.
+    pub(crate) fn publish_count(&self) -> usize {
+        match self {
+            QueueCmd::Publish { .. } => 1,
+            QueueCmd::PublishMany(publishes) => publishes.len(),
+            _ => 0,
         }
     }
 }

@@ -37,6 +37,10 @@ pub use persist::QueueStorage;
 /// Commands a queue's mailbox holds before publishers must wait.
 pub const QUEUE_MAILBOX_COMMANDS_MAX: usize = 4096;
 
+/// Messages one [`QueueCmd::PublishMany`] carries at most, so a mailbox holds at most
+/// this many times [`QUEUE_MAILBOX_COMMANDS_MAX`] messages.
+pub const PUBLISH_BATCH_MESSAGES_MAX: usize = 64;
+
 /// The properties a queue is declared with; compared for equivalence on redeclare.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
