@@ -1334,7 +1334,7 @@ async fn a_burst_of_publishes_in_one_write_arrives_whole_and_in_order() {
     let mut raw = raw::Raw::open(&broker).await;
     raw.declare_queue(1, "a").await;
     raw.declare_queue(1, "b").await;
-    let queue_of = |i: usize| if i % 3 == 0 { "b" } else { "a" };
+    let queue_of = |i: usize| if i.is_multiple_of(3) { "b" } else { "a" };
     let mut out = bytes::BytesMut::new();
     for i in 0..MESSAGES {
         let publish = raw::publish_method("", queue_of(i), false);
