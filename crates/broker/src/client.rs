@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ferrymq_wire::ShortStr;
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 
 use crate::message::Message;
@@ -42,9 +43,8 @@ pub const DELIVERY_BATCH_MAX: usize = 64;
 /// Events queues send to a client (a protocol connection).
 #[derive(Debug)]
 pub enum ClientEvent {
-    Deliver(Delivery),
-    /// Deliveries from one queue's dispatch, in order (2 to [`DELIVERY_BATCH_MAX`]).
-    DeliverMany(Vec<Delivery>),
+    /// Deliveries from one queue's dispatch to one consumer, in order.
+    Deliver(Deliveries),
     /// The publish with this sequence number on this channel is safely enqueued (ack) or
     /// was refused by a queue (nack).
     Confirm {
@@ -76,19 +76,27 @@ pub enum ClientEvent {
     },
 }
 
-/// One message on its way to a consumer.
+/// A run of messages from one queue to one consumer (1 to [`DELIVERY_BATCH_MAX`]): what
+/// the consumer is and where it lives is said once per run, not once per message.
 #[derive(Debug)]
-pub struct Delivery {
+pub struct Deliveries {
     pub channel: u16,
     /// Which opening of that channel number (see [`ConsumerSpec::epoch`](crate::queue::ConsumerSpec)).
     pub epoch: u64,
     pub consumer_tag: ShortStr,
     pub queue: Arc<QueueHandle>,
+    /// Settled on delivery (no-ack consumer): nothing to ack, nothing to requeue.
+    pub no_ack: bool,
+    /// A lone delivery (a consumer keeping pace) allocates nothing.
+    pub messages: SmallVec<[Delivery; 1]>,
+}
+
+/// One message on its way to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
     /// The queue's id for this message, echoed back on ack/nack/reject.
     pub msg_id: u64,
     pub redelivered: bool,
-    /// Settled on delivery (no-ack consumer): nothing to ack, nothing to requeue.
-    pub no_ack: bool,
     pub message: Arc<Message>,
 }
 
@@ -131,15 +139,10 @@ impl ClientHandle {
             .fetch_add(window_charge(body_size), Ordering::AcqRel);
     }
 
-    /// Sends deliveries already charged with [`Self::charge`]; empties `batch`. A send to
-    /// a closed client is dropped: its channels requeue everything they held when closing.
-    pub fn send_deliveries(&self, batch: &mut Vec<Delivery>) {
-        let event = match batch.len() {
-            0 => return,
-            1 => ClientEvent::Deliver(batch.pop().expect("one delivery")),
-            _ => ClientEvent::DeliverMany(std::mem::take(batch)),
-        };
-        let _ = self.tx.send(event);
+    /// Sends deliveries already charged with [`Self::charge`]. A send to a closed client is
+    /// dropped: its channels requeue everything they held when closing.
+    pub fn send_deliveries(&self, deliveries: Deliveries) {
+        let _ = self.tx.send(ClientEvent::Deliver(deliveries));
     }
 
     /// Called by the client once deliveries are encoded: `count` of them with `body_bytes`

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferrymq_broker::client::Delivery;
+use ferrymq_broker::client::Deliveries;
 use ferrymq_broker::direct_reply::{ReplyTarget, REPLY_TO};
 use ferrymq_broker::queue::{consumer_args, AckTimeout, ConsumerSpec, QueueCmd, QueueHandle};
 use ferrymq_broker::Message;
@@ -206,60 +206,61 @@ impl Session {
         Ok(())
     }
 
-    /// Deliveries from a queue to this connection's consumers (one event's worth); their
-    /// window is released once, after they are encoded.
-    pub(super) fn deliver(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
-        let (mut body_bytes, mut count) = (0, 0);
-        for delivery in deliveries {
+    /// A run of deliveries from a queue to one of this connection's consumers; their window
+    /// is released once, after they are encoded.
+    pub(super) fn deliver(&mut self, deliveries: Deliveries) {
+        let (mut body_bytes, count) = (0, deliveries.messages.len());
+        for delivery in &deliveries.messages {
             body_bytes += delivery.message.body_size();
-            count += 1;
-            self.deliver_one(delivery);
+        }
+        let known = self.channels.get(&deliveries.channel).is_some_and(|c| {
+            c.state == ChannelState::Open
+                && c.epoch == deliveries.epoch
+                && c.consumers
+                    .get(&deliveries.consumer_tag)
+                    .is_some_and(|q| Arc::ptr_eq(q, &deliveries.queue))
+        });
+        // Otherwise the channel closed (or was reopened) meanwhile: its queues already took
+        // back everything it held, these messages included.
+        if known {
+            self.write_deliveries(deliveries);
         }
         if self.client.release(body_bytes, count) {
             self.wake_all_queues();
         }
     }
 
-    fn deliver_one(&mut self, delivery: Delivery) {
-        let known = self.channels.get(&delivery.channel).is_some_and(|c| {
-            c.state == ChannelState::Open
-                && c.epoch == delivery.epoch
-                && c.consumers
-                    .get(&delivery.consumer_tag)
-                    .is_some_and(|q| Arc::ptr_eq(q, &delivery.queue))
-        });
-        if known {
-            self.write_delivery(delivery);
-        }
-        // Otherwise the channel closed (or was reopened) meanwhile: its queues already took
-        // back everything it held, this message included.
-    }
-
-    fn write_delivery(&mut self, delivery: Delivery) {
-        let channel = self
-            .channels
-            .get_mut(&delivery.channel)
-            .expect("checked by deliver");
-        let delivery_tag = channel.next_delivery_tag();
-        if !delivery.no_ack {
-            channel.unacked.push_back(Unacked {
+    fn write_deliveries(&mut self, deliveries: Deliveries) {
+        let Deliveries {
+            channel: id,
+            consumer_tag,
+            queue,
+            no_ack,
+            messages,
+            ..
+        } = deliveries;
+        let channel = self.channels.get_mut(&id).expect("checked by deliver");
+        for delivery in messages {
+            let delivery_tag = channel.next_delivery_tag();
+            if !no_ack {
+                channel.unacked.push_back(Unacked {
+                    delivery_tag,
+                    queue: Arc::clone(&queue),
+                    msg_id: delivery.msg_id,
+                    from_consumer: true,
+                    in_tx: None,
+                });
+            }
+            let message = &delivery.message;
+            self.outbox.deliver(
+                id,
+                &consumer_tag,
                 delivery_tag,
-                queue: Arc::clone(&delivery.queue),
-                msg_id: delivery.msg_id,
-                from_consumer: true,
-                in_tx: None,
-            });
+                delivery.redelivered,
+                message,
+            );
+            self.outbox.content(id, &message.properties, &message.body);
         }
-        let message = &delivery.message;
-        self.outbox.deliver(
-            delivery.channel,
-            &delivery.consumer_tag,
-            delivery_tag,
-            delivery.redelivered,
-            message,
-        );
-        self.outbox
-            .content(delivery.channel, &message.properties, &message.body);
     }
 
     /// A queue reports a delivery on this channel unacked past its timeout: the channel is

@@ -397,8 +397,7 @@ impl Session {
     /// Handles one event from a queue.
     pub fn handle_event(&mut self, event: ClientEvent) {
         match event {
-            ClientEvent::Deliver(delivery) => self.deliver(std::iter::once(delivery)),
-            ClientEvent::DeliverMany(deliveries) => self.deliver(deliveries),
+            ClientEvent::Deliver(deliveries) => self.deliver(deliveries),
             ClientEvent::Confirm {
                 channel,
                 epoch,

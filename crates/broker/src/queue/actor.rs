@@ -33,10 +33,13 @@ use super::pace::{Depth, PaceMeter};
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::priority::Levels;
 use super::QueueHandle;
-use crate::client::{ClientEvent, ClientHandle, ClientId, Delivery, DELIVERY_BATCH_MAX};
+use crate::client::{
+    ClientEvent, ClientHandle, ClientId, Deliveries, Delivery, DELIVERY_BATCH_MAX,
+};
 use crate::error::{BrokerError, Result};
 use crate::message::{unix_ms as now_ms, Message};
 use crate::vhost::VHost;
+use smallvec::SmallVec;
 
 /// Commands taken from the mailbox per wake-up before dispatching.
 const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;
@@ -996,10 +999,9 @@ impl QueueState {
 
     /// Hands ready messages to consumers round-robin while any consumer has credit.
     fn dispatch(&mut self) {
-        // Deliveries to one client go out together (see `DELIVERY_BATCH_MAX`); a batch is
-        // sent when the next delivery is for another client, when full, and at the end.
-        let mut batch: Vec<Delivery> = Vec::new();
-        let mut batch_client: Option<Arc<ClientHandle>> = None;
+        // Deliveries to one consumer go out together (see `DELIVERY_BATCH_MAX`); a run is
+        // sent when the next delivery is for another consumer, when full, and at the end.
+        let mut run: Option<(u64, Arc<ClientHandle>, Deliveries)> = None;
         while !self.backlog.is_empty() && !self.consumers.is_empty() {
             let Some(index) = self.next_consumer_with_credit() else {
                 break;
@@ -1015,27 +1017,28 @@ impl QueueState {
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
             self.pace.delivered();
-            if batch_client
-                .as_ref()
-                .is_some_and(|c| !Arc::ptr_eq(c, &spec.client))
-                || batch.len() >= DELIVERY_BATCH_MAX
-            {
-                if let Some(client) = &batch_client {
-                    client.send_deliveries(&mut batch);
+            if let Some((key, client, deliveries)) = run.take() {
+                if key == consumer.key && deliveries.messages.len() < DELIVERY_BATCH_MAX {
+                    run = Some((key, client, deliveries));
+                } else {
+                    client.send_deliveries(deliveries);
                 }
             }
-            if batch.is_empty() {
-                batch_client = Some(Arc::clone(&spec.client));
-            }
+            let (_, _, deliveries) = run.get_or_insert_with(|| {
+                let deliveries = Deliveries {
+                    channel: spec.channel,
+                    epoch: spec.epoch,
+                    consumer_tag: spec.tag.clone(),
+                    queue: Arc::clone(&self.handle),
+                    no_ack: spec.no_ack,
+                    messages: SmallVec::new(),
+                };
+                (consumer.key, Arc::clone(&spec.client), deliveries)
+            });
             spec.client.charge(message.body_size());
-            batch.push(Delivery {
-                channel: spec.channel,
-                epoch: spec.epoch,
-                consumer_tag: spec.tag.clone(),
-                queue: Arc::clone(&self.handle),
+            deliveries.messages.push(Delivery {
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
-                no_ack: spec.no_ack,
                 message,
             });
             if !spec.no_ack {
@@ -1053,8 +1056,8 @@ impl QueueState {
                 self.unacked.insert(held.entry.id, held);
             }
         }
-        if let Some(client) = &batch_client {
-            client.send_deliveries(&mut batch);
+        if let Some((_, client, deliveries)) = run {
+            client.send_deliveries(deliveries);
         }
     }
 
