@@ -264,9 +264,11 @@ impl Session {
         // Gathered per queue and sent when the read is handled (see `pending`); a batch
         // that fills up goes at once, or waits in `unfinished` if its mailbox is full.
         let mut full = Vec::new();
+        // The slowest queue sets the pace: each of them takes the message at once.
+        let pace_ns = queues.iter().map(|q| q.pace_ns()).max().unwrap_or(0);
+        self.pace_debt_ns += u64::from(pace_ns);
         for queue in queues.drain(..) {
             let confirm = ticket(waiters.as_deref_mut());
-            self.pace_debt_ns += u64::from(queue.pace_ns());
             let Some((queue, cmd)) = self.publishes.add(&queue, Arc::clone(&message), confirm)
             else {
                 continue;

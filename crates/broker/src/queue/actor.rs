@@ -29,7 +29,7 @@ use super::consumer_args;
 use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dedup::QueueDedup;
-use super::pace::{Depth, PaceMeter};
+use super::pace::PaceMeter;
 use super::persist::{Persistence, QueueStorage, Restored};
 use super::priority::Levels;
 use super::QueueHandle;
@@ -234,18 +234,19 @@ impl QueueState {
         deadline.into_iter().chain(acks).min()
     }
 
-    /// Publishes the pace publishers should keep (see `pace`): past a quarter of the
-    /// memory window, with consumers consuming, the consumers' rate.
+    /// Publishes the pace publishers should keep (see `pace`): with consumers consuming,
+    /// enough slower than them to bring the backlog back under a quarter of the memory
+    /// window.
     fn update_pace(&mut self) {
-        let ready = self.backlog.len();
-        let depth = if self.consumers.is_empty() || ready <= self.window / 4 {
-            Depth::Shallow
-        } else if ready <= self.window {
-            Depth::Deep
+        // A queue without consumers is not paced: it absorbs the burst.
+        let ready = if self.consumers.is_empty() {
+            0
         } else {
-            Depth::Paging
+            self.backlog.len()
         };
-        if let Some(pace_ns) = self.pace.tick(Instant::now(), depth) {
+        let pace_ns = self.pace.pace_ns(Instant::now(), ready, self.window / 4);
+        // Publishers read it per message: store only changes.
+        if pace_ns != self.handle.pace_ns() {
             self.handle.set_pace_ns(pace_ns);
         }
     }
