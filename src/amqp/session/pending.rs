@@ -16,6 +16,9 @@ use ferrymq_broker::queue::{
 };
 use smallvec::SmallVec;
 
+/// The capacity a batch is given when it outgrows its inline message.
+const BATCH_SPILL_CAPACITY: usize = 16;
+
 /// One queue's publishes: a lone message (a quiet publisher's usual read) allocates nothing.
 type Batch = SmallVec<[(Arc<Message>, Option<ConfirmTicket>); 1]>;
 
@@ -42,6 +45,11 @@ impl PendingPublishes {
             }
         };
         let batch = &mut self.batches[at].1;
+        if batch.len() == 1 {
+            // A batch that outgrows its one inline message is likely a burst: room for
+            // several at once, rather than growing from two by doubling.
+            batch.reserve_exact(BATCH_SPILL_CAPACITY - 1);
+        }
         batch.push((message, confirm));
         if batch.len() < PUBLISH_BATCH_MESSAGES_MAX {
             return None;

@@ -44,6 +44,9 @@ use smallvec::SmallVec;
 /// Commands taken from the mailbox per wake-up before dispatching.
 const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;
 
+/// The capacity a run of deliveries is given when it outgrows its inline delivery.
+const RUN_SPILL_CAPACITY: usize = 16;
+
 /// Messages enqueued before the task dispatches, within one wake-up: publish batches can
 /// carry many messages per command, and consumers should get them before the memory
 /// window fills and later ones are paged out.
@@ -1037,6 +1040,11 @@ impl QueueState {
                 (consumer.key, Arc::clone(&spec.client), deliveries)
             });
             spec.client.charge(message.body_size());
+            if deliveries.messages.len() == 1 {
+                // Outgrowing its inline delivery, a run is likely to go on: room for
+                // several at once, rather than growing from two by doubling.
+                deliveries.messages.reserve_exact(RUN_SPILL_CAPACITY - 1);
+            }
             deliveries.messages.push(Delivery {
                 msg_id: entry.id,
                 redelivered: entry.redelivered,
