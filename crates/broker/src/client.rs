@@ -35,9 +35,9 @@ fn window_charge(body_size: usize) -> usize {
     body_size + DELIVERY_OVERHEAD_BYTES
 }
 
-/// Deliveries a queue hands a client in one event, at most: one mailbox operation (and
-/// wake-up) for a run of deliveries instead of one each, while a batch still adds little
-/// to the connection's outbox beyond its high watermark.
+/// Deliveries a queue hands one consumer in one event, at most: one mailbox operation (and
+/// wake-up) for a run of deliveries instead of one each, while a run still adds little to
+/// the connection's outbox beyond its high watermark.
 pub const DELIVERY_BATCH_MAX: usize = 64;
 
 /// Events queues send to a client (a protocol connection).

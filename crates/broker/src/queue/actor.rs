@@ -18,6 +18,7 @@ use std::time::Duration;
 use ferrymq_store::{Position, ReadAhead};
 use ferrymq_wire::FieldValue;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -39,7 +40,6 @@ use crate::client::{
 use crate::error::{BrokerError, Result};
 use crate::message::{unix_ms as now_ms, Message};
 use crate::vhost::VHost;
-use smallvec::SmallVec;
 
 /// Commands taken from the mailbox per wake-up before dispatching.
 const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;

@@ -144,24 +144,6 @@ impl QueueHandle {
         }
     }
 
-    /// Enqueues a message if the mailbox has room, handing the command back when it is
-    /// full (the caller then waits with [`QueueHandle::send`]). A deleted queue drops the
-    /// message and confirms it, as [`QueueHandle::publish`] does.
-    pub fn try_publish(
-        &self,
-        message: Arc<Message>,
-        confirm: Option<ConfirmTicket>,
-    ) -> Result<(), QueueCmd> {
-        match self.tx.try_send(QueueCmd::Publish { message, confirm }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(cmd)) => Err(cmd),
-            Err(mpsc::error::TrySendError::Closed(cmd)) => {
-                cmd.settle_undeliverable();
-                Ok(())
-            }
-        }
-    }
-
     /// Sends a command that needs no answer (acks, wake-ups). Drops it if the queue is gone.
     pub async fn send(&self, cmd: QueueCmd) {
         if let Err(mpsc::error::SendError(cmd)) = self.tx.send(cmd).await {

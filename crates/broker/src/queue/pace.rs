@@ -2,10 +2,11 @@
 //!
 //! A queue whose consumers are busy consuming but fall behind would otherwise take every
 //! publish at full speed and write the excess to disk only to read it back moments later:
-//! work for nothing, and the backlog's latency grows with it. Instead, while such a queue
-//! holds more than a quarter of its memory window, it asks its publishers to slow down to the
-//! pace its consumers actually keep: it publishes a delay per message (`pace_ns`) that a
-//! publishing connection adds up and waits out before it reads more from its socket.
+//! work for nothing, and the backlog's latency grows with it. Instead, once such a queue
+//! holds more than a quarter of its memory window, it asks its publishers to go slower than
+//! its consumers, by as much as brings the backlog back to that mark (see
+//! [`PaceMeter::pace_ns`]): it publishes a delay per message (`pace_ns`) that a publishing
+//! connection adds up and waits out before it reads more from its socket.
 //!
 //! It is a delay, never a wait for a condition: a connection that publishes to a queue and
 //! also consumes from it keeps reading after the delay, so its acks always get through and
