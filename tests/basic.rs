@@ -1368,3 +1368,45 @@ async fn a_burst_of_publishes_in_one_write_arrives_whole_and_in_order() {
     }
     raw.assert_quiet().await;
 }
+
+/// A queue tops up a consumer that holds most of its prefetch in batches, but never leaves
+/// it waiting: a consumer that keeps its deliveries unacked until more arrive (here: 7 of a
+/// prefetch of 8, after acking one) still gets the next message.
+#[tokio::test]
+async fn a_consumer_holding_most_of_its_prefetch_still_gets_the_next_message() {
+    use ferrymq_wire::{BasicAck, BasicQos, Method};
+    const PREFETCH: u16 = 8;
+    let broker = TestBroker::start().await;
+    let mut raw = raw::Raw::open(&broker).await;
+    raw.declare_queue(1, "q").await;
+    for i in 0..20 {
+        raw.publish(1, "", "q", false, format!("{i}").as_bytes())
+            .await;
+    }
+    let qos = BasicQos {
+        prefetch_count: PREFETCH,
+        ..Default::default()
+    };
+    raw.send(1, Method::BasicQos(qos)).await;
+    assert!(matches!(
+        raw.recv_method().await,
+        (1, Method::BasicQosOk(_))
+    ));
+    raw.consume(1, "q", "c", false).await;
+    let mut tags = Vec::new();
+    for i in 0..PREFETCH {
+        let (tag, body) = raw.expect_delivery().await;
+        assert_eq!(body, format!("{i}").into_bytes());
+        tags.push(tag);
+    }
+    raw.assert_quiet().await;
+    let ack = BasicAck {
+        delivery_tag: tags[0],
+        multiple: false,
+    };
+    raw.send(1, Method::BasicAck(ack)).await;
+    // One unit of prefetch is free: the ninth message comes (after a short wait at most).
+    let (_, body) = raw.expect_delivery().await;
+    assert_eq!(body, b"8");
+    raw.assert_quiet().await;
+}

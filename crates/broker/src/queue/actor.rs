@@ -44,6 +44,10 @@ use crate::vhost::VHost;
 /// Commands taken from the mailbox per wake-up before dispatching.
 const MAILBOX_BATCH_COMMANDS_MAX: usize = 256;
 
+/// How long deliveries may wait for consumers that hold most of their prefetch to free a
+/// quarter of it (see `holds_for_refill`).
+const REFILL_HOLD: Duration = Duration::from_millis(1);
+
 /// The capacity a run of deliveries is given when it outgrows its inline delivery.
 const RUN_SPILL_CAPACITY: usize = 16;
 
@@ -110,6 +114,9 @@ struct QueueState {
     dedup: QueueDedup,
     /// The consumers' recent pace, for publisher pacing.
     pace: PaceMeter,
+    /// While every consumer holds most of its prefetch, deliveries wait until this moment
+    /// at the latest (see `holds_for_refill`).
+    refill_hold_until: Option<Instant>,
 }
 
 pub(super) async fn run(
@@ -150,6 +157,7 @@ pub(super) async fn run(
         storage,
         dedup,
         pace: PaceMeter::default(),
+        refill_hold_until: None,
     };
     // A durable queue that never stored a message has no files yet: creating them at declare
     // time would cost every declare a mkdir and a file for nothing.
@@ -234,7 +242,11 @@ impl QueueState {
             deadline = Some(deadline.map_or(unused, |d| d.min(unused)));
         }
         let acks = self.rules.deadlines.next_due();
-        deadline.into_iter().chain(acks).min()
+        deadline
+            .into_iter()
+            .chain(acks)
+            .chain(self.refill_hold_until)
+            .min()
     }
 
     /// Publishes the pace publishers should keep (see `pace`): with consumers consuming,
@@ -1003,6 +1015,9 @@ impl QueueState {
 
     /// Hands ready messages to consumers round-robin while any consumer has credit.
     fn dispatch(&mut self) {
+        if self.holds_for_refill() {
+            return;
+        }
         // Deliveries to one consumer go out together (see `DELIVERY_BATCH_MAX`); a run is
         // sent when the next delivery is for another consumer, when full, and at the end.
         let mut run: Option<(u64, Arc<ClientHandle>, Deliveries)> = None;
@@ -1067,6 +1082,38 @@ impl QueueState {
         }
         if let Some((_, client, deliveries)) = run {
             client.send_deliveries(deliveries);
+        }
+    }
+
+    /// Whether deliveries wait for now: consumers are topped up in batches.
+    ///
+    /// A consumer that acks each message frees one unit of prefetch per ack; refilled at
+    /// once, each ack costs a dispatch, a mailbox operation and a wake-up of its connection
+    /// for one delivery. While every consumer still holds at least three quarters of its
+    /// prefetch unacked (so it has work in hand), deliveries wait until a quarter is free,
+    /// and go out as one run. The wait is bounded by [`REFILL_HOLD`]: a consumer that holds
+    /// messages until more arrive is served after it, never stuck.
+    fn holds_for_refill(&mut self) -> bool {
+        let busy = !self.consumers.is_empty()
+            && self
+                .consumers
+                .iter()
+                .all(Consumer::holds_most_of_its_prefetch);
+        if !busy {
+            self.refill_hold_until = None;
+            return false;
+        }
+        let now = Instant::now();
+        match self.refill_hold_until {
+            None => {
+                self.refill_hold_until = Some(now + REFILL_HOLD);
+                true
+            }
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.refill_hold_until = None;
+                false
+            }
         }
     }
 

@@ -18,6 +18,10 @@ use super::command::ConsumerSpec;
 use super::consumer_timeout::{AckDeadlines, AckTimeout};
 use crate::client::ClientId;
 
+/// Below this prefetch a consumer is refilled at once: a quarter of it would be a batch
+/// of one or two.
+pub const REFILL_PREFETCH_MIN: u32 = 8;
+
 #[derive(Debug)]
 pub struct Consumer {
     /// Queue-local id, so unacked messages can find their consumer after renames of nothing:
@@ -54,6 +58,17 @@ impl Consumer {
             return false;
         }
         self.spec.channel_credit.try_acquire()
+    }
+
+    /// Whether it acks with a prefetch of at least [`REFILL_PREFETCH_MIN`] and holds more
+    /// than three quarters of it unacked: topping it up can wait for a batch (see the
+    /// queue's `holds_for_refill`).
+    pub fn holds_most_of_its_prefetch(&self) -> bool {
+        let limit = self.spec.prefetch_count;
+        !self.spec.no_ack
+            && limit >= REFILL_PREFETCH_MIN
+            && self.unacked > 0
+            && limit.saturating_sub(self.unacked) < limit / 4
     }
 
     /// Where this consumer's deliveries report an ack timeout, if they have one.
@@ -156,6 +171,30 @@ mod tests {
             unacked: 0,
             priority,
         }
+    }
+
+    #[test]
+    fn only_an_acking_consumer_with_most_of_a_real_prefetch_out_can_wait_for_a_batch() {
+        let with = |prefetch: u32, unacked: u32, no_ack: bool| {
+            let mut c = consumer(1, 0, prefetch);
+            c.unacked = unacked;
+            c.spec.no_ack = no_ack;
+            c.holds_most_of_its_prefetch()
+        };
+        // Prefetch 1000: waits while fewer than 250 are free.
+        assert!(with(1000, 1000, false));
+        assert!(with(1000, 751, false));
+        assert!(!with(1000, 750, false));
+        assert!(!with(1000, 0, false));
+        // No prefetch, a tiny one, or no acks: always served at once.
+        assert!(!with(0, 5000, false));
+        assert!(!with(
+            REFILL_PREFETCH_MIN - 1,
+            REFILL_PREFETCH_MIN - 1,
+            false
+        ));
+        assert!(with(REFILL_PREFETCH_MIN, REFILL_PREFETCH_MIN, false));
+        assert!(!with(1000, 1000, true));
     }
 
     /// Registers consumers (key, priority, prefetch) in order, as `add_consumer` does.
