@@ -58,10 +58,6 @@ impl PendingPublishes {
         Some((queue, publish_batch(batch)))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
-    }
-
     /// The batches as commands, oldest queue first.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (Arc<QueueHandle>, QueueCmd)> + '_ {
         self.batches

@@ -1036,12 +1036,11 @@ impl QueueState {
             let consumer = &mut self.consumers[index];
             let spec = &consumer.spec;
             self.pace.delivered();
-            if let Some((key, client, deliveries)) = run.take() {
-                if key == consumer.key && deliveries.messages.len() < DELIVERY_BATCH_MAX {
-                    run = Some((key, client, deliveries));
-                } else {
-                    client.send_deliveries(deliveries);
-                }
+            let run_ends = run.as_ref().is_some_and(|(key, _, deliveries)| {
+                *key != consumer.key || deliveries.messages.len() >= DELIVERY_BATCH_MAX
+            });
+            if let Some((_, client, deliveries)) = run.take_if(|_| run_ends) {
+                client.send_deliveries(deliveries);
             }
             let (_, _, deliveries) = run.get_or_insert_with(|| {
                 let deliveries = Deliveries {
