@@ -111,13 +111,16 @@ stop_rabbitmq() {
 build() {
     if [[ -n ${FERRYMQ_BIN:-} ]]; then
         log "using FERRYMQ_BIN=$FERRYMQ_BIN"
-        cargo build --release -q -p ferrymq-perf
     else
         log "cargo build --release"
-        cargo build --release -q -p ferrymq -p ferrymq-perf
+        cargo build --release -q -p ferrymq
         FERRYMQ_BIN=$ROOT/target/release/ferrymq
     fi
-    PERF=$ROOT/target/release/ferrymq-perf
+    # The load tool with whole-program optimisation (Cargo.toml, profile perf-tool): it shares
+    # the cores with the broker under test, the same binary for both brokers.
+    log "cargo build --profile perf-tool -p ferrymq-perf"
+    cargo build --profile perf-tool -q -p ferrymq-perf
+    PERF=$ROOT/target/perf-tool/ferrymq-perf
 }
 
 start_ferrymq() {
@@ -500,7 +503,7 @@ L.append(f"- date: {env['META_DATE']}")
 L.append(f"- CPU: {env['META_CPU']}, `nproc` = {env['META_NPROC']}; memory {env['META_MEM']}; kernel {env['META_KERNEL']}")
 L.append(f"- ferrymq: {env['META_FERRYMQ']} (git {env['META_GIT']}), release build, {env['META_RUSTC']}")
 L.append(f"- RabbitMQ: Debian rabbitmq-server {env['META_RABBIT']}, Erlang {env['META_ERLANG']}, default configuration, no plugins")
-L.append(f"- client: ferrymq-perf with amqprs {env['META_AMQPRS']}, in the same machine\n")
+L.append(f"- client: ferrymq-perf with amqprs {env['META_AMQPRS']} (built with `--profile perf-tool`: fat LTO), in the same machine\n")
 L.append("## Commands\n")
 L.append("```sh")
 L.append(f"{env['META_ENV']} scripts/compare-rabbitmq.sh")

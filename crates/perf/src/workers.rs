@@ -24,11 +24,6 @@ use crate::uri::AmqpUri;
 
 /// Deliveries a consumer takes from amqprs per wake-up.
 const CONSUME_BATCH_MAX: usize = 256;
-/// How often a rate-limited producer's pacer thread hands out sends. tokio's timers tick
-/// in whole milliseconds, which at 10k msg/s would send bursts of 10 and measure how a
-/// burst queues up rather than a steady rate; a thread sleeping this long (with its timer
-/// slack cut to 1 µs) spaces sends about 0.1 ms apart.
-const PACER_TICK: Duration = Duration::from_micros(100);
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -100,20 +95,14 @@ impl Producer {
             .with_persistence(s.persistent)
             .finish();
         let template = vec![0u8; s.size];
-        let pacer = (s.rate > 0).then(|| Pacer::start(s.rate));
+        let pace = (s.rate > 0).then(|| Pace::start(s.rate));
         let mut sent = 0u64;
         while !ctl.stop_producers.load(Ordering::Relaxed) {
             if self.limit.is_some_and(|limit| sent >= limit) {
                 break;
             }
-            if let Some(pacer) = &pacer {
-                // Bounded so that the loop still sees `stop_producers` when the pacer stops.
-                match tokio::time::timeout(Duration::from_millis(100), pacer.sends.acquire()).await
-                {
-                    Ok(Ok(permit)) => permit.forget(),
-                    Ok(Err(_)) => break,
-                    Err(_) => continue,
-                }
+            if let Some(pace) = &pace {
+                pace.until_due(sent).await;
             }
             if let Some(w) = window {
                 let permit = tokio::time::timeout(STEP_TIMEOUT, w.permits.acquire())
@@ -133,43 +122,35 @@ impl Producer {
     }
 }
 
-/// Messages a producer at `rate` msg/s should have sent by now (one ahead, so it never idles
-/// at the start).
-fn due(start: Instant, rate: u32) -> u64 {
-    (start.elapsed().as_secs_f64() * f64::from(rate)) as u64 + 1
+/// Spaces a fixed-rate producer's sends. Such a producer has a thread of its own (see
+/// `modes::throughput::on_own_thread`), so it can sleep that thread between sends, as a
+/// blocking client does: tokio's timers tick in whole milliseconds, which at 10k msg/s would
+/// send bursts of 10 and measure how a burst queues up rather than a steady rate.
+struct Pace {
+    start: Instant,
+    rate: f64,
 }
 
-/// Hands a fixed-rate producer one permit per message as it falls due, from a thread of
-/// its own (see [`PACER_TICK`]). Stops when the producer drops it.
-struct Pacer {
-    sends: Arc<tokio::sync::Semaphore>,
-}
+impl Pace {
+    fn start(rate: u32) -> Pace {
+        // The default 50 µs of timer slack would stretch each 100 µs gap by half.
+        // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only this
+        // thread's timer slack.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
+        Pace {
+            start: Instant::now(),
+            rate: f64::from(rate),
+        }
+    }
 
-impl Pacer {
-    fn start(rate: u32) -> Pacer {
-        let sends = Arc::new(tokio::sync::Semaphore::new(0));
-        let weak = Arc::downgrade(&sends);
-        std::thread::Builder::new()
-            .name("perf-pacer".into())
-            .spawn(move || {
-                // The default 50 µs of timer slack would stretch every tick by half.
-                // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only
-                // this thread's timer slack.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64) };
-                let start = Instant::now();
-                let mut issued = 0u64;
-                while let Some(sends) = weak.upgrade() {
-                    let due = due(start, rate);
-                    if due > issued {
-                        sends.add_permits((due - issued) as usize);
-                        issued = due;
-                    }
-                    drop(sends);
-                    std::thread::sleep(PACER_TICK);
-                }
-            })
-            .expect("spawning the pacer thread");
-        Pacer { sends }
+    /// Returns when message `n` (from 0) is due.
+    async fn until_due(&self, n: u64) {
+        // First let this thread's amqprs writer send what was published before.
+        tokio::task::yield_now().await;
+        let due = self.start + Duration::from_secs_f64(n as f64 / self.rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
     }
 }
 
