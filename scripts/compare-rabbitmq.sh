@@ -5,6 +5,8 @@
 # Each scenario runs against both brokers alternately (A B A B ...), each run on a freshly
 # started broker with an empty data dir, so one run's heap or backlog never leaks into the next.
 # Only one broker runs at a time: the idle one would otherwise steal CPU on a 2-core box.
+# The load tool is built with `--profile perf-tool` (whole-program optimisation; Cargo.toml says
+# why): it shares the cores with the broker under test.
 #
 # Environment (all optional):
 #   ROUNDS=3                      rounds of A B per scenario
