@@ -118,8 +118,7 @@ build() {
         cargo build --release -q -p ferrymq
         FERRYMQ_BIN=$ROOT/target/release/ferrymq
     fi
-    # The load tool with whole-program optimisation (Cargo.toml, profile perf-tool): it shares
-    # the cores with the broker under test, the same binary for both brokers.
+    # The same tool binary drives both brokers (profile perf-tool: see the header).
     log "cargo build --profile perf-tool -p ferrymq-perf"
     cargo build --profile perf-tool -q -p ferrymq-perf
     PERF=$ROOT/target/perf-tool/ferrymq-perf

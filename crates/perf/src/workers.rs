@@ -123,7 +123,7 @@ impl Producer {
 }
 
 /// Spaces a fixed-rate producer's sends. Such a producer has a thread of its own (see
-/// `modes::throughput::on_own_thread`), so it can sleep that thread between sends, as a
+/// `modes::throughput::spawn_worker`), so it can sleep that thread between sends, as a
 /// blocking client does: tokio's timers tick in whole milliseconds, which at 10k msg/s would
 /// send bursts of 10 and measure how a burst queues up rather than a steady rate.
 struct Pace {
