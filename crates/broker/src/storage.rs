@@ -126,13 +126,17 @@ impl BrokerStorage {
     }
 
     /// Appends a change to the definitions log and hands the file to the group commit
-    /// thread. A failure is logged: the change is live, but will not survive a restart.
+    /// thread to sync soon. A failure is logged: the change is live, but will not survive a
+    /// restart.
     ///
+    /// The append is written before the caller replies, so a crash of the broker loses no
+    /// declared queue; a power loss may lose the last [`ferrymq_store::SYNC_SOON_DELAY_MS`].
     /// The caller's reply (declare-ok) does not wait for the fdatasync, as RabbitMQ's does
-    /// not (Mnesia logs a transaction without syncing it). What must hold is that no message
-    /// is confirmed on disk in a queue whose definition is not: the sync thread takes
-    /// requests in order and syncs every file of a batch before running any completion, so
-    /// the confirm of any message published after this call waits for this sync too.
+    /// not (Mnesia logs a transaction without syncing it), and declares one after another
+    /// share it. What must hold is that no message is confirmed on disk in a queue whose
+    /// definition is not: the sync thread syncs every waiting file before it runs any
+    /// completion, so the confirm of any message published after this call waits for this
+    /// sync too.
     pub fn record(&self, definition: &Definition) {
         if !self.recording.load(Ordering::Acquire) {
             return;
@@ -142,14 +146,7 @@ impl BrokerStorage {
             tracing::error!(error = %e, ?definition, "could not record a durable definition");
             return;
         }
-        self.syncer.sync(
-            vec![Arc::clone(log.file())],
-            Box::new(|outcome| {
-                if let Err(e) = outcome {
-                    tracing::error!(error = %e, "could not sync the definitions log");
-                }
-            }),
-        );
+        self.syncer.sync_soon(vec![Arc::clone(log.file())]);
         let snapshot = self.snapshot_entries.load(Ordering::Relaxed);
         if log.entries() > snapshot.saturating_mul(2) + COMPACT_SLACK_ENTRIES {
             match compact(&mut log) {
@@ -290,7 +287,8 @@ mod tests {
     #[test]
     fn a_later_sync_request_covers_the_recorded_definition() {
         let dir = tempfile::tempdir().unwrap();
-        let (syncer, _thread) = Syncer::start();
+        // A delay no test outlasts: only the confirm's request can carry the sync.
+        let (syncer, _thread) = Syncer::start_with_soon_delay(std::time::Duration::from_secs(3600));
         let (storage, topology) =
             BrokerStorage::open(dir.path(), syncer.clone(), 1 << 20, 64).unwrap();
         storage.start_recording(&topology).unwrap();

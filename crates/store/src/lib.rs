@@ -22,7 +22,7 @@ pub mod queue_log;
 pub mod record;
 pub mod segment;
 
-pub use commit::Syncer;
+pub use commit::{Syncer, SYNC_SOON_DELAY_MS};
 pub use data_dir::DataDir;
 pub use dedup_log::{DedupEntry, DedupLog};
 pub use definitions::DefinitionsLog;

@@ -245,7 +245,7 @@ impl Persistence {
         if self.waiting.is_empty() {
             if self.durable && !files.is_empty() {
                 // Nobody waits, but durable data should still reach the disk soon.
-                self.syncer.sync(files, Box::new(|_| {}));
+                self.syncer.sync_soon(files);
             }
             return;
         }
