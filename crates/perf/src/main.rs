@@ -63,9 +63,17 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         probe,
         label: args.label.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Declaring queues is one request and one reply at a time: on a single thread the
+    // client's reader and writer tasks hand each reply to the loop without waking another
+    // thread, so the loop measures the broker's round trip rather than the tool's wake-ups.
+    let runtime = match settings.mode {
+        Mode::Declare { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     let deadline = Duration::from_secs_f64(settings.timeout_s);
     let report = runtime
         .block_on(async { tokio::time::timeout(deadline, modes::run(&r)).await })
