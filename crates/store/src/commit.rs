@@ -259,17 +259,8 @@ mod tests {
             (&*soon).write_all(b"x").unwrap();
             syncer.sync_soon(vec![Arc::clone(&soon)]);
         }
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::clone(&syncer.stats);
-        syncer.sync(
-            vec![asked],
-            Box::new(move |r| {
-                tx.send((r.is_ok(), stats.fdatasyncs.load(Ordering::Relaxed)))
-                    .unwrap()
-            }),
-        );
         assert_eq!(
-            rx.recv().unwrap(),
+            sync_and_count(&syncer, asked),
             (true, 2),
             "the soon file once, then the asked one"
         );
@@ -311,6 +302,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = Arc::new(File::create(dir.path().join("f")).unwrap());
         let (syncer, thread) = Syncer::start();
+        assert_eq!(sync_and_count(&syncer, file), (true, 1));
+        drop(syncer);
+        thread.join().unwrap();
+    }
+
+    /// Asks for `file` to be synced; returns the outcome and the fdatasyncs made by the
+    /// time the completion ran.
+    fn sync_and_count(syncer: &Syncer, file: Arc<File>) -> (bool, u64) {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::clone(&syncer.stats);
         syncer.sync(
@@ -320,8 +319,6 @@ mod tests {
                     .unwrap()
             }),
         );
-        assert_eq!(rx.recv().unwrap(), (true, 1));
-        drop(syncer);
-        thread.join().unwrap();
+        rx.recv().unwrap()
     }
 }
