@@ -5,6 +5,8 @@
 # Each scenario runs against both brokers alternately (A B A B ...), each run on a freshly
 # started broker with an empty data dir, so one run's heap or backlog never leaks into the next.
 # Only one broker runs at a time: the idle one would otherwise steal CPU on a 2-core box.
+# Before each scenario, scripts/host-check.py times two fixed workloads, so the report shows
+# how fast the machine itself was during each round.
 # The load tool is built with `--profile perf-tool` (whole-program optimisation; Cargo.toml says
 # why): it shares the cores with the broker under test.
 #
@@ -245,6 +247,7 @@ command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >/
 build
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
+        python3 scripts/host-check.py "$round" "$scenario" >>"$RESULTS"
         run_one ferrymq "$scenario" "$round"
         run_one rabbitmq "$scenario" "$round"
     done
@@ -457,6 +460,31 @@ L.append("")
 L.append("RSS column: at the end of the window (S1–S4, S6), at full backlog (S5), per queue (S7), per connection (S8).\n")
 if "s3" in scenarios:
     L.append(f"S3: {S3_NOTE}\n")
+
+hosts = [r for r in results if r["scenario"] == "host"]
+if hosts:
+    L.append("## Host check\n")
+    L.append("This virtual machine is not equally fast from hour to hour, with its steal time near "
+             "zero, so the cause is not visible from inside; the drift moves every absolute figure, "
+             "RabbitMQ's as much as ferrymq's. Before each scenario of each round, with both brokers stopped, "
+             "`scripts/host-check.py` times a fixed loop of integer arithmetic (CPU ms) and a byte "
+             "sent back and forth between two processes over pipes (µs per round trip, each trip "
+             "waking a sleeping process). Lower is faster; medians of the round's checks and "
+             "[min – max].\n")
+    L.append("The last two columns are the S1 runs of the same round, for comparison.\n")
+    L.append("| round | from | compute (ms) | ping-pong (µs per round trip) | ferrymq S1 CPU µs/msg | RabbitMQ S1 CPU µs/msg |")
+    L.append("|---|---|---|---|---|---|")
+    for rnd in sorted({r["round"] for r in hosts}):
+        rs = [r for r in hosts if r["round"] == rnd]
+        def span(field, rs=rs):
+            v = [r[field] for r in rs]
+            return f"{statistics.median(v):,.1f} [{min(v):,.1f} – {max(v):,.1f}]"
+        def s1_cpu(label, rnd=rnd):
+            v = [r.get("broker_cpu_us_per_msg") for r in runs("s1", label) if r["round"] == rnd]
+            return fmt(v[0], "µs") if v and v[0] is not None else "–"
+        L.append(f"| {rnd} | {rs[0]['at']} UTC | {span('host_compute_ms')} | {span('host_pingpong_us')} "
+                 f"| {s1_cpu('ferrymq')} | {s1_cpu('rabbitmq')} |")
+    L.append("")
 
 L.append("## Findings: ferrymq against the issue's targets\n")
 L.append("| scenario | status | measured (median) |")
