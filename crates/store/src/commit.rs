@@ -11,9 +11,9 @@
 //! Writes nobody waits for (a declared queue's definition, persistent messages published
 //! without confirms) ask with [`Syncer::sync_soon`] instead: the thread syncs them with the
 //! next batch that has a completion, or [`SYNC_SOON_DELAY_MS`] after they were asked for,
-//! whichever comes first. A client declaring 10,000 queues one by one then costs a few
-//! hundred fdatasyncs instead of 10,000, and anything confirmed after such a write still
-//! finds it on disk. Such files wait in a shared set; only the first one of a round wakes
+//! whichever comes first. A client declaring 10,000 queues one by one in a second then
+//! costs about a hundred fdatasyncs instead of 10,000, and anything confirmed after such a
+//! write still finds it on disk. Such files wait in a shared set; only the first one of a round wakes
 //! the thread (to start the delay), so a declare costs the sync thread no wake-up either.
 //!
 //! ```text
