@@ -2,9 +2,9 @@
 """How fast this machine is right now: the compare script runs this before each scenario of
 each round, with both brokers stopped.
 
-On a shared virtual machine the same code can cost a third more from one hour to the next
-(another guest's load shows up as slower CPUs, not as steal time), which moves every
-absolute figure of a run. Two fixed workloads make that drift visible next to the results:
+On this virtual machine the same code can cost a third more from one hour to the next while
+the guest sees almost no steal time, so the cause is not visible from inside; the drift
+moves every absolute figure of a run. Two fixed workloads make that drift visible next to the results:
 
   compute    a fixed loop of integer arithmetic, in CPU milliseconds of this process
   ping-pong  one byte sent back and forth between two processes over pipes, in µs per
@@ -49,6 +49,8 @@ def pingpong_us():
         os.read(to_parent_r, 1)
     elapsed = time.perf_counter() - start
     os.waitpid(pid, 0)
+    for fd in (to_child_r, to_child_w, to_parent_r, to_parent_w):
+        os.close(fd)
     return elapsed / PINGPONG_ROUND_TRIPS * 1e6
 
 

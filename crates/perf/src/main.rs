@@ -67,13 +67,11 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     // client's reader and writer tasks hand each reply to the loop without waking another
     // thread, so the loop measures the broker's round trip rather than the tool's wake-ups.
     let runtime = match settings.mode {
-        Mode::Declare { .. } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-    };
+        Mode::Declare { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     let deadline = Duration::from_secs_f64(settings.timeout_s);
     let report = runtime
         .block_on(async { tokio::time::timeout(deadline, modes::run(&r)).await })
