@@ -6,7 +6,8 @@
 # started broker with an empty data dir, so one run's heap or backlog never leaks into the next.
 # Only one broker runs at a time: the idle one would otherwise steal CPU on a 2-core box.
 # Before each scenario, scripts/host-check.py times two fixed workloads, so the report shows
-# how fast the machine itself was during each round.
+# how fast the machine itself was during each round. Before S6 each round also measures the
+# host's latency floor: S6's paced load through a relay that only copies bytes (`--floor`).
 # The load tool is built with `--profile perf-tool` (whole-program optimisation; Cargo.toml says
 # why): it shares the cores with the broker under test.
 #
@@ -196,20 +197,32 @@ run_one() { # broker scenario round
     # shellcheck disable=SC2046
     local cmd=(ferrymq-perf --uri "$(broker_uri "$port")" --scenario "$scenario"
         $(scenario_args "$scenario") --broker-port "$port" --label "$broker" --json)
+    record "$scenario" "$broker" "$round" "${cmd[@]}"
+    stop_ferrymq
+    stop_rabbitmq
+}
+
+run_floor() { # round; with no broker running
+    # shellcheck disable=SC2046
+    local cmd=(ferrymq-perf --scenario s6 --floor $(scenario_args s6) --label floor --json)
+    record s6 floor "$1" "${cmd[@]}"
+}
+
+record() { # scenario label round command...: runs the tool, appends its JSON line to RESULTS
+    local scenario=$1 label=$2 round=$3
+    shift 3
     if [[ $round == 1 ]]; then
-        echo "${cmd[*]}" >>"$COMMANDS"
+        echo "$*" >>"$COMMANDS"
     fi
-    log "round $round: $scenario on $broker"
+    log "round $round: $scenario on $label"
     local line
-    if line=$("$PERF" "${cmd[@]:1}" 2>>"$WORK/perf.stderr" | tail -1) && [[ -n $line ]]; then
+    if line=$("$PERF" "${@:2}" 2>>"$WORK/perf.stderr" | tail -1) && [[ -n $line ]]; then
         echo "$line" | jq -c --argjson round "$round" '. + {round: $round}' >>"$RESULTS"
     else
         echo "   failed (see $WORK/perf.stderr)" >&2
-        jq -nc --arg s "$scenario" --arg l "$broker" --argjson round "$round" \
+        jq -nc --arg s "$scenario" --arg l "$label" --argjson round "$round" \
             '{scenario: $s, label: $l, round: $round, failed: true}' >>"$RESULTS"
     fi
-    stop_ferrymq
-    stop_rabbitmq
 }
 
 profile_ferrymq() {
@@ -248,6 +261,9 @@ build
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         python3 scripts/host-check.py "$round" "$scenario" >>"$RESULTS"
+        if [[ $scenario == s6 ]]; then
+            run_floor "$round"
+        fi
         run_one ferrymq "$scenario" "$round"
         run_one rabbitmq "$scenario" "$round"
     done
@@ -416,8 +432,13 @@ def target_rows():
         rows.append(("S5", *check([le(med("s5", F, "backlog_rss_bytes"), 64e6, "bytes", "RSS at backlog", "64 MB"),
                                    ge_ratio("s5", "consume_rate", 4, "drain")])))
     if "s6" in scenarios:
-        rows.append(("S6", *check([le(med("s6", F, "latency_p99_us"), 300, "µs", "p99"),
-                                   le(med("s6", F, "latency_p999_us"), 1000, "µs", "p99.9")])))
+        st, text = check([le(med("s6", F, "latency_p99_us"), 300, "µs", "p99"),
+                          le(med("s6", F, "latency_p999_us"), 1000, "µs", "p99.9")])
+        floor_p99, floor_p999 = med("s6", "floor", "latency_p99_us"), med("s6", "floor", "latency_p999_us")
+        if floor_p999 is not None:
+            text += (f"; host floor, no broker (relay): p99 {fmt(floor_p99, 'µs')} µs, "
+                     f"p99.9 {fmt(floor_p999, 'µs')} µs")
+        rows.append(("S6", st, text))
     if "s7" in scenarios:
         rows.append(("S7", *check([le(med("s7", F, "objects_s"), 2.0, "s", "time"),
                                    le(med("s7", F, "rss_bytes_per_object"), 8000, "bytes", "RSS/queue", "8 KB")])))
@@ -471,19 +492,26 @@ if hosts:
              "sent back and forth between two processes over pipes (µs per round trip, each trip "
              "waking a sleeping process). Lower is faster; medians of the round's checks and "
              "[min – max].\n")
-    L.append("The last two columns are the S1 runs of the same round, for comparison.\n")
-    L.append("| round | from | compute (ms) | ping-pong (µs per round trip) | ferrymq S1 CPU µs/msg | RabbitMQ S1 CPU µs/msg |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("The S1 columns are the S1 runs of the same round, for comparison. The S6 columns give "
+             "that round's p99.9 latency at 10,000 msg/s: first the host's floor, measured just "
+             "before the brokers' S6 runs with the same paced producer and consumer joined by a "
+             "relay process that only copies bytes (`ferrymq-perf --floor`; each message wakes the "
+             "same three sleeping threads as through a broker), then each broker's.\n")
+    L.append("| round | from | compute (ms) | ping-pong (µs per round trip) | ferrymq S1 CPU µs/msg | RabbitMQ S1 CPU µs/msg "
+             "| S6 p99.9 floor (µs) | ferrymq S6 p99.9 | RabbitMQ S6 p99.9 |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for rnd in sorted({r["round"] for r in hosts}):
         rs = [r for r in hosts if r["round"] == rnd]
         def span(field, rs=rs):
             v = [r[field] for r in rs]
             return f"{statistics.median(v):,.1f} [{min(v):,.1f} – {max(v):,.1f}]"
-        def s1_cpu(label, rnd=rnd):
-            v = [r.get("broker_cpu_us_per_msg") for r in runs("s1", label) if r["round"] == rnd]
+        def of_round(scn, label, field, rnd=rnd):
+            v = [r.get(field) for r in runs(scn, label) if r["round"] == rnd]
             return fmt(v[0], "µs") if v and v[0] is not None else "–"
+        s1, s6 = "broker_cpu_us_per_msg", "latency_p999_us"
         L.append(f"| {rnd} | {rs[0]['at']} UTC | {span('host_compute_ms')} | {span('host_pingpong_us')} "
-                 f"| {s1_cpu('ferrymq')} | {s1_cpu('rabbitmq')} |")
+                 f"| {of_round('s1', 'ferrymq', s1)} | {of_round('s1', 'rabbitmq', s1)} "
+                 f"| {of_round('s6', 'floor', s6)} | {of_round('s6', 'ferrymq', s6)} | {of_round('s6', 'rabbitmq', s6)} |")
     L.append("")
 
 L.append("## Findings: ferrymq against the issue's targets\n")
@@ -499,10 +527,15 @@ for scn in scenarios:
     L.append(f"### {TITLES.get(scn, scn)}\n")
     if scn == "s3":
         L.append(f"{S3_NOTE}\n")
-    L.append("| metric | ferrymq | RabbitMQ | ferrymq ÷ RabbitMQ |")
-    L.append("|---|---|---|---|")
+    floor = bool(runs(scn, "floor")) or failures(scn, "floor") > 0
+    if floor:
+        L.append("The last column is the host's floor: the same load through a relay process that only "
+                 "copies bytes, in the relay's place the broker's CPU and RSS (see Host check).\n")
+    L.append("| metric | ferrymq | RabbitMQ | ferrymq ÷ RabbitMQ |" + (" floor: relay, no broker |" if floor else ""))
+    L.append("|---|---|---|---|" + ("---|" if floor else ""))
     for name, field, unit, hb in METRICS.get(scn, THROUGHPUT):
-        L.append(f"| {name} | {cell(scn,'ferrymq',field,unit)} | {cell(scn,'rabbitmq',field,unit)} | {ratio(scn, field, hb)} |")
+        extra = f" {cell(scn,'floor',field,unit)} |" if floor else ""
+        L.append(f"| {name} | {cell(scn,'ferrymq',field,unit)} | {cell(scn,'rabbitmq',field,unit)} | {ratio(scn, field, hb)} |{extra}")
     L.append("")
 
 prof_self = os.path.join(work, "profile-self.txt")

@@ -77,6 +77,13 @@ pub struct Args {
     /// Open N idle connections with a channel each and report broker RSS per connection.
     #[arg(long, value_name = "N")]
     pub idle_connections: Option<u32>,
+    /// Measure this host's latency floor for the fixed-rate run instead of a broker: the same
+    /// paced producer and consumer, joined by a relay process that only copies bytes.
+    #[arg(long)]
+    pub floor: bool,
+    /// Run as the relay of a `--floor` run, on this address (started by the tool itself).
+    #[arg(long, value_name = "ADDR", hide = true)]
+    pub relay_listen: Option<String>,
     /// Broker process id for CPU and RSS figures.
     #[arg(long)]
     pub broker_pid: Option<u32>,

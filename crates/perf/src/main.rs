@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `cli`: flags, ack modes and the s1..s8 scenario presets, resolved into `Settings`.
-//! - `modes/`: one file per kind of run (throughput window, fixed backlog, idle objects).
+//! - `modes/`: one file per kind of run (throughput window, fixed backlog, idle objects, and
+//!   the host's latency floor through a relay instead of a broker).
 //! - `workers`: producer and consumer tasks, one connection each.
 //! - `client`: amqprs plumbing: connect, the run's own queues/exchange, confirm window.
 //! - `latency`: body timestamps and the hdrhistogram percentiles.
@@ -35,6 +36,7 @@ use clap::Parser;
 use crate::cli::{Args, Mode, Settings};
 use crate::modes::Run;
 use crate::procfs::BrokerProbe;
+use crate::report::Report;
 use crate::uri::AmqpUri;
 
 fn main() -> ExitCode {
@@ -50,7 +52,35 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = &args.relay_listen {
+        modes::floor::relay(addr)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = Arc::new(Settings::resolve(args)?);
+    let report = if args.floor {
+        modes::floor::run(&settings, &args.label)?
+    } else {
+        run_against_broker(args, &settings)?
+    };
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", report.json_line());
+    } else {
+        print!("{}", report.table());
+    }
+    let idle_consumers =
+        settings.consumers > 0 && matches!(settings.mode, Mode::Throughput) && report.consumed == 0;
+    if idle_consumers {
+        eprintln!("ferrymq-perf: consumers received nothing");
+    }
+    Ok(if report.errors > 0 || idle_consumers {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_against_broker(args: &Args, settings: &Arc<Settings>) -> anyhow::Result<Report> {
     let uri = AmqpUri::parse(&args.uri)?;
     raise_open_files_limit();
     let probe = find_broker(args, &uri);
@@ -78,23 +108,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("run exceeded its {deadline:?} deadline"))??;
     // amqprs keeps background tasks per connection; do not wait for them on the way out.
     runtime.shutdown_timeout(Duration::from_millis(200));
-
-    if args.json {
-        eprint!("{}", report.table());
-        println!("{}", report.json_line());
-    } else {
-        print!("{}", report.table());
-    }
-    let idle_consumers =
-        settings.consumers > 0 && matches!(settings.mode, Mode::Throughput) && report.consumed == 0;
-    if idle_consumers {
-        eprintln!("ferrymq-perf: consumers received nothing");
-    }
-    Ok(if report.errors > 0 || idle_consumers {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report)
 }
 
 fn find_broker(args: &Args, uri: &AmqpUri) -> Option<BrokerProbe> {

@@ -126,13 +126,14 @@ impl Producer {
 /// `modes::throughput::spawn_worker`), so it can sleep that thread between sends, as a
 /// blocking client does: tokio's timers tick in whole milliseconds, which at 10k msg/s would
 /// send bursts of 10 and measure how a burst queues up rather than a steady rate.
-struct Pace {
+pub struct Pace {
     start: Instant,
     rate: f64,
 }
 
 impl Pace {
-    fn start(rate: u32) -> Pace {
+    /// Starts the schedule now; call it on the thread that will send.
+    pub fn start(rate: u32) -> Pace {
         // The default 50 µs of timer slack would stretch each 100 µs gap by half.
         // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only this
         // thread's timer slack.
@@ -147,6 +148,11 @@ impl Pace {
     async fn until_due(&self, n: u64) {
         // First let this thread's amqprs writer send what was published before.
         tokio::task::yield_now().await;
+        self.sleep_until_due(n);
+    }
+
+    /// Sleeps this thread until message `n` (from 0) is due.
+    pub fn sleep_until_due(&self, n: u64) {
         let due = self.start + Duration::from_secs_f64(n as f64 / self.rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);

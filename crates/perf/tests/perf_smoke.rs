@@ -127,3 +127,42 @@ async fn queues_and_idle_connections_are_counted() {
     let vhost = b.running.broker.vhost("/").expect("default vhost");
     assert_eq!(vhost.queue_count(), 0);
 }
+
+/// `--floor` needs no broker: the tool starts a relay process of its own and reports it in the
+/// broker's place.
+#[test]
+fn floor_runs_through_a_relay_process() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-perf"))
+        .args(["--scenario", "s6", "--floor", "--json", "--label", "floor"])
+        .args(["--duration", "0.5", "--warmup", "0.1", "--rate", "2000"])
+        .output()
+        .expect("ferrymq-perf runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ferrymq-perf --floor failed:\n{stderr}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap();
+    assert_eq!(r["mode"], "floor", "{r}");
+    assert_eq!(r["errors"], 0, "{stderr}");
+    assert!(count(&r, "consumed") > 0, "{r}");
+    assert!(r["latency_p999_us"].as_f64().is_some(), "{r}");
+    let relay = count(&r, "broker_pid");
+    assert!(relay > 0 && relay != u64::from(std::process::id()), "{r}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{relay}")).exists(),
+        "the relay has exited"
+    );
+}
+
+#[test]
+fn floor_refuses_a_run_without_a_fixed_rate() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrymq-perf"))
+        .args(["--scenario", "s1", "--floor", "--duration", "0.1"])
+        .output()
+        .expect("ferrymq-perf runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--floor needs a fixed --rate"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! One file per kind of run; `run` picks it from the resolved settings.
 
 pub mod backlog;
+pub mod floor;
 pub mod objects;
 pub mod throughput;
 
