@@ -530,7 +530,7 @@ for scn in scenarios:
     floor = bool(runs(scn, "floor")) or failures(scn, "floor") > 0
     if floor:
         L.append("The last column is the host's floor: the same load through a relay process that only "
-                 "copies bytes, in the relay's place the broker's CPU and RSS (see Host check).\n")
+                 "copies bytes; its broker rows are the relay's CPU and RSS (see Host check).\n")
     L.append("| metric | ferrymq | RabbitMQ | ferrymq ÷ RabbitMQ |" + (" floor: relay, no broker |" if floor else ""))
     L.append("|---|---|---|---|" + ("---|" if floor else ""))
     for name, field, unit, hb in METRICS.get(scn, THROUGHPUT):
