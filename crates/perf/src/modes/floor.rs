@@ -19,8 +19,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use crate::cli::Settings;
 use crate::latency::{now_ns, read_stamp, stamp, LatencyHistogram, TIMESTAMP_BYTES};
 use crate::procfs::BrokerProbe;
 use crate::report::Report;
-use crate::workers::Pace;
+use crate::workers::{Control, Counters, Pace};
 
 /// The relay's read size: far above what arrives between two wake-ups at a fixed rate.
 const RELAY_READ_BYTES: usize = 64 * 1024;
@@ -74,33 +73,37 @@ pub fn run(s: &Settings, label: &str) -> anyhow::Result<Report> {
     producer.set_nodelay(true)?;
     let consumer = TcpStream::connect(addr).context("connecting the consumer")?;
 
-    let shared = Arc::new(Shared::default());
+    let ctl = Control::new();
     let consuming = {
-        let shared = shared.clone();
+        let ctl = ctl.clone();
         thread::Builder::new()
             .name("floor-consumer".into())
-            .spawn(move || consume(consumer, record_bytes, &shared))?
+            .spawn(move || consume(consumer, record_bytes, &ctl))?
     };
     let producing = {
-        let (shared, rate, producer) = (shared.clone(), s.rate, producer.try_clone()?);
+        let (ctl, rate, producer) = (ctl.clone(), s.rate, producer.try_clone()?);
         thread::Builder::new()
             .name("floor-producer".into())
-            .spawn(move || produce(producer, rate, record_bytes, &shared))?
+            .spawn(move || produce(producer, rate, record_bytes, &ctl))?
+    };
+    let counts = || {
+        let c = &ctl.counters;
+        (Counters::get(&c.published), Counters::get(&c.consumed))
     };
 
     let probe = BrokerProbe::new(relay.0.id());
     thread::sleep(Duration::from_secs_f64(s.warmup_s));
-    let (pub0, con0) = shared.counts();
+    let (pub0, con0) = counts();
     let sample0 = probe.sample();
     let t0 = Instant::now();
-    shared.measuring.store(true, Ordering::Relaxed);
+    ctl.measuring.store(true, Ordering::Relaxed);
     thread::sleep(Duration::from_secs_f64(s.duration_s));
-    shared.measuring.store(false, Ordering::Relaxed);
+    ctl.measuring.store(false, Ordering::Relaxed);
     let window_s = t0.elapsed().as_secs_f64();
-    let (pub1, con1) = shared.counts();
+    let (pub1, con1) = counts();
     let sample1 = probe.sample();
 
-    shared.stop.store(true, Ordering::Relaxed);
+    ctl.stop_producers.store(true, Ordering::Relaxed);
     let produced = producing.join().expect("producer thread does not panic");
     // The relay sees end-of-file, closes its side, and the consumer reads to the end.
     let _ = producer.shutdown(Shutdown::Write);
@@ -140,39 +143,16 @@ pub fn run(s: &Settings, label: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-#[derive(Default)]
-struct Shared {
-    published: AtomicU64,
-    consumed: AtomicU64,
-    /// Latencies are recorded only while this is set (the measurement window).
-    measuring: AtomicBool,
-    stop: AtomicBool,
-}
-
-impl Shared {
-    fn counts(&self) -> (u64, u64) {
-        (
-            self.published.load(Ordering::Relaxed),
-            self.consumed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-fn produce(
-    mut to: TcpStream,
-    rate: u32,
-    record_bytes: usize,
-    shared: &Shared,
-) -> anyhow::Result<()> {
+fn produce(mut to: TcpStream, rate: u32, record_bytes: usize, ctl: &Control) -> anyhow::Result<()> {
     let pace = Pace::start(rate);
     let mut record = vec![0u8; record_bytes];
     let mut sent = 0u64;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !ctl.stop_producers.load(Ordering::Relaxed) {
         pace.sleep_until_due(sent);
         stamp(&mut record, now_ns());
         to.write_all(&record).context("writing to the relay")?;
         sent += 1;
-        shared.published.fetch_add(1, Ordering::Relaxed);
+        ctl.counters.published.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -180,7 +160,7 @@ fn produce(
 fn consume(
     mut from: TcpStream,
     record_bytes: usize,
-    shared: &Shared,
+    ctl: &Control,
 ) -> anyhow::Result<LatencyHistogram> {
     let mut hist = LatencyHistogram::default();
     let mut record = vec![0u8; record_bytes];
@@ -191,12 +171,12 @@ fn consume(
             Err(e) => return Err(e).context("reading from the relay"),
         }
         let received = now_ns();
-        if shared.measuring.load(Ordering::Relaxed) {
+        if ctl.measuring.load(Ordering::Relaxed) {
             if let Some(sent) = read_stamp(&record) {
                 hist.record(sent, received);
             }
         }
-        shared.consumed.fetch_add(1, Ordering::Relaxed);
+        ctl.counters.consumed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
